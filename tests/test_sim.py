@@ -1,0 +1,129 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import lerobot_env_vst_vla  # noqa: F401  (registers the gym ids)
+from lerobot_env_vst_vla import FAMILIES, ScriptedExpert, SpatialTabletopEnv, run_expert_episode
+from lerobot_env_vst_vla.robot import JOINT_NAMES, MOTOR_KEYS, from_so101_units, to_so101_units
+from lerobot_env_vst_vla.tasks.relations import holds
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = SpatialTabletopEnv(task="pick_relation", observation_width=128, observation_height=96)
+    yield e
+    e.close()
+
+
+def test_so101_names_and_units_round_trip():
+    assert JOINT_NAMES == ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
+    assert MOTOR_KEYS[0] == "shoulder_pan.pos"
+    q = np.array([0.3, -1.0, 0.5, 1.2, -2.0, 0.4])
+    np.testing.assert_allclose(from_so101_units(to_so101_units(q)), q)
+    units = to_so101_units(np.array([0, 0, 0, 0, 0, -0.17453297762778586]))
+    assert units[5] == pytest.approx(0.0)  # gripper closed is 0 in so101_follower's RANGE_0_100
+
+
+def test_every_family_is_registered_with_gymnasium():
+    assert len(FAMILIES) >= 5
+    for family in FAMILIES:
+        env = gym.make(f"vst_vla/{family}-v0", obs_type="agent_pos")
+        obs, info = env.reset(seed=1)
+        assert obs["agent_pos"].shape == (6,)
+        assert info["is_success"] is False and info["task"] == env.unwrapped.task_description != ""
+        env.close()
+
+
+def test_same_seed_same_episode_and_pixels(env):
+    obs1, _ = env.reset(seed=7)
+    text1, pos1 = env.task_description, [o.pos for o in env.episode.objects]
+    obs2, _ = env.reset(seed=7)
+    assert env.task_description == text1 and [o.pos for o in env.episode.objects] == pos1
+    np.testing.assert_array_equal(obs1["pixels"]["front"], obs2["pixels"]["front"])
+    env.reset(seed=8)
+    assert [o.pos for o in env.episode.objects] != pos1
+
+
+def test_observation_layout(env):
+    obs, _ = env.reset(seed=0)
+    assert set(obs["pixels"]) == {"front", "wrist"}
+    assert obs["pixels"]["front"].shape == (96, 128, 3) and obs["pixels"]["front"].dtype == np.uint8
+    assert obs["pixels"]["front"].std() > 5  # a real image, not a blank buffer
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_scripted_expert_solves_each_family(family):
+    env = SpatialTabletopEnv(task=family, obs_type="agent_pos")
+    results = [run_expert_episode(env, seed) for seed in (100, 101)]
+    assert all(r["success"] for r in results), results
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_doing_nothing_never_succeeds(family):
+    env = SpatialTabletopEnv(task=family, obs_type="agent_pos", episode_length=40)
+    obs, _ = env.reset(seed=3)
+    hold = obs["agent_pos"].astype(np.float32)
+    for _ in range(40):
+        _, _, terminated, truncated, info = env.step(hold)
+        assert not info["is_success"]
+    assert truncated and not terminated
+
+
+def test_picking_the_wrong_twin_fails():
+    env = SpatialTabletopEnv(task="pick_relation", obs_type="agent_pos")
+    env.reset(seed=5)
+    ep = env.episode
+    ep.target, ep.details["twin"] = ep.details["twin"], ep.target  # the expert now lifts the wrong one
+    expert = ScriptedExpert(env)
+    ep.target, ep.details["twin"] = ep.details["twin"], ep.target  # success is judged on the real target
+    successes = [env.step(expert.act())[4]["is_success"] for _ in range(120)]
+    assert not any(successes)
+
+
+def test_ground_truth_projects_onto_segmentation(env):
+    env.reset(seed=11)
+    gt = env.ground_truth()
+    cam = gt.cameras["front"]
+    seg = env.render_camera("front", "segmentation")
+    K, T = np.array(cam.intrinsics), np.array(cam.world_from_camera)
+    visible = 0
+    for k, obj in enumerate(gt.objects):
+        p_cam = np.linalg.inv(T) @ np.array([*obj.position, 1.0])
+        assert p_cam[2] > 0  # in front of the camera (OpenCV: +z forward)
+        u, v = (K @ p_cam[:3])[:2] / p_cam[2]
+        if 0 <= u < cam.width and 0 <= v < cam.height:
+            visible += seg[int(v), int(u)] == k
+    assert visible >= len(gt.objects) - 1  # the arm may hide one object
+    depth = env.render_camera("front", "depth")
+    assert depth.shape == (96, 128) and 0.1 < float(np.median(depth)) < 2.0
+
+
+def test_ee_delta_moves_the_gripper_and_clamps_unreachable_targets():
+    env = SpatialTabletopEnv(task="stack", obs_type="agent_pos", action_space="ee_delta")
+    env.reset(seed=0)
+    start = env.data.site("grasp").xpos.copy()
+    for _ in range(10):
+        env.step(np.array([0.0, 0.01, 0.0, 1.0], np.float32))
+    moved = env.data.site("grasp").xpos - start
+    assert moved[1] > 0.05 and abs(moved[0]) < 0.03
+    for _ in range(100):  # push far out of reach: the target is clamped, the sim stays finite
+        env.step(np.array([0.02, 0.0, 0.02, 1.0], np.float32))
+    assert np.all(np.isfinite(env.data.qpos)) and env._ee_target[0] <= 0.4
+
+
+def test_bad_input_is_rejected_clearly(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.full(6, np.nan, np.float32))
+    with pytest.raises(ValueError, match="unknown task"):
+        SpatialTabletopEnv(task="juggle")
+    with pytest.raises(ValueError, match="unknown cameras"):
+        SpatialTabletopEnv(cameras=("top",))
+
+
+def test_relations_follow_the_viewer():
+    assert holds("left of", (0.2, -0.1), (0.2, 0.0))  # image-left of the front camera is world -y
+    assert holds("in front of", (0.28, 0.0), (0.18, 0.0))  # nearer the camera
+    assert not holds("left of", (0.2, -0.01), (0.2, 0.0))  # inside the margin: never asked

@@ -1,0 +1,1 @@
+"""vst-vla: Visual Spatial Tuning for vision-language-action policies."""

@@ -1,0 +1,61 @@
+"""`vst-vla <stage> [hydra overrides...]` — one subcommand per pipeline stage.
+
+Each stage reads `configs/<stage>.yaml` (see vst_vla/config.py) and runs one function with the
+typed config. `vst-vla <stage> --help` prints the composed config; `--cfg` prints it and exits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from omegaconf import OmegaConf
+
+# stage -> (config name, "module:function", "module:ConfigDataclass", one-line help)
+STAGES: dict[str, tuple[str, str, str, str]] = {
+    "collect": ("collect", "vst_vla.collect:collect", "vst_vla.collect:CollectConfig",
+                "record scripted-expert episodes of the sim tasks into a LeRobotDataset v3"),
+    "viz": ("viz", "vst_vla.viz.episode:visualize_episode", "vst_vla.viz.episode:VizConfig",
+            "turn a recorded episode into a Rerun recording (.rrd) or a live viewer"),
+    "pipeline": ("pipeline", "vst_vla.pipeline:run_pipeline", "vst_vla.pipeline:PipelineConfig",
+                 "the end-to-end default: every built stage in order, small and offline"),
+}
+
+
+def _resolve(ref: str):
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _usage() -> str:
+    lines = ["usage: vst-vla <stage> [key=value ...] [--cfg]", "", "stages:"]
+    lines += [f"  {name:<14} {spec[3]}" for name, spec in STAGES.items()]
+    lines += ["", "Overrides use hydra syntax, e.g. `vst-vla collect episodes_per_task=2 tasks=[stack]`."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return
+    stage, args = argv[0], argv[1:]
+    if stage not in STAGES:
+        raise SystemExit(f"vst-vla: unknown stage {stage!r}\n\n{_usage()}")
+    config_name, fn_ref, schema_ref, _ = STAGES[stage]
+    show_only = "--cfg" in args or "--help" in args or "-h" in args
+    overrides = [a for a in args if a not in {"--cfg", "--help", "-h"}]
+    from vst_vla.config import load_config
+
+    try:
+        cfg = load_config(config_name, _resolve(schema_ref), overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"vst-vla {stage}: {err}") from err
+    if show_only:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return
+    _resolve(fn_ref)(cfg)
+
+
+if __name__ == "__main__":
+    main()
