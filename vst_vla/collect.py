@@ -1,0 +1,169 @@
+"""`vst-vla collect`: scripted-expert episodes of the sim tasks → a LeRobotDataset v3 on local disk.
+
+Frames carry `observation.state` and `action` in so101_follower units (keys `<motor>.pos`), one video
+per camera and the instruction as the task string, so the dataset trains any LeRobot policy and the
+policy drives the real arm. Next to LeRobot's files, `meta/vst_scene/episode_XXXXXX.json.gz` keeps the
+exact scene ground truth of every frame (object poses and sizes, both cameras' intrinsics and
+extrinsics), which the spatial data engine turns into questions about the same episodes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from tqdm import tqdm
+
+from lerobot_env_vst_vla import FAMILIES, ScriptedExpert, SpatialTabletopEnv
+from lerobot_env_vst_vla.robot import MOTOR_KEYS
+
+log = logging.getLogger(__name__)
+SCENE_DIR = Path("meta") / "vst_scene"
+
+
+@dataclass
+class CollectConfig:
+    root: str = "outputs/datasets/vst_tabletop"
+    repo_id: str = "local/vst_tabletop"
+    tasks: list[str] = field(default_factory=lambda: list(FAMILIES))
+    episodes_per_task: int = 2
+    seed: int = 0
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    image_size: int = 224
+    fps: int = 30
+    episode_length: int = 300
+    action_space: str = "joint"
+    # keep only episodes the expert solved; failed ones are discarded and another seed is tried
+    only_successful: bool = True
+    resume: bool = False  # append to an existing dataset at root, skipping episodes already there
+    overwrite: bool = False  # delete an existing dataset at root first
+
+
+def episode_seed(base: int, family: str, k: int) -> int:
+    """Seeds are fixed per (family, attempt): the same config always yields the same dataset."""
+    return base + 100_000 * sorted(FAMILIES).index(family) + k
+
+
+def dataset_features(cfg: CollectConfig) -> dict:
+    action_dim = 6 if cfg.action_space == "joint" else 4
+    action_names = list(MOTOR_KEYS) if cfg.action_space == "joint" else ["dx", "dy", "dz", "gripper_open"]
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (6,), "names": list(MOTOR_KEYS)},
+        "action": {"dtype": "float32", "shape": (action_dim,), "names": action_names},
+    }
+    for cam in cfg.cameras:
+        features[f"observation.images.{cam}"] = {
+            "dtype": "video", "shape": (cfg.image_size, cfg.image_size, 3), "names": ["height", "width", "channels"]}
+    return features
+
+
+def write_json_gz_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with gzip.open(tmp, "wt") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+def load_scene_ground_truth(root: str | Path, episode_index: int) -> dict:
+    """The per-frame scene ground truth stored with episode `episode_index` of a collected dataset."""
+    path = Path(root) / SCENE_DIR / f"episode_{episode_index:06d}.json.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no scene ground truth for episode {episode_index}: {path} is missing "
+                                "(was the dataset recorded with `vst-vla collect`?)")
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
+
+
+def _open_dataset(cfg: CollectConfig) -> tuple[LeRobotDataset, dict[str, tuple[int, int]]]:
+    """The dataset to append to and, per family, (episodes kept, next attempt) already on disk."""
+    root = Path(cfg.root)
+    done: dict[str, tuple[int, int]] = {}
+    if root.exists() and any(root.iterdir()):
+        if cfg.overwrite:
+            shutil.rmtree(root)
+        elif cfg.resume:
+            scene_files = sorted((root / SCENE_DIR).glob("episode_*.json.gz"))
+            for path in scene_files:
+                with gzip.open(path, "rt") as f:
+                    meta = json.load(f)
+                kept, attempt = done.get(meta["task_family"], (0, 0))
+                done[meta["task_family"]] = (kept + 1, max(attempt, meta["attempt"] + 1))
+            ds = LeRobotDataset.resume(cfg.repo_id, root=root)
+            if ds.meta.total_episodes != len(scene_files):
+                raise RuntimeError(f"{root}: LeRobot episodes and {SCENE_DIR} files disagree; "
+                                   "re-collect with overwrite=true")
+            return ds, done
+        else:
+            raise FileExistsError(f"{root} already holds data: pass resume=true to append or overwrite=true to replace it")
+    ds = LeRobotDataset.create(cfg.repo_id, fps=cfg.fps, features=dataset_features(cfg), root=root,
+                               robot_type="so101_follower", use_videos=True)
+    (root / SCENE_DIR).mkdir(parents=True, exist_ok=True)
+    return ds, done
+
+
+def collect(cfg: CollectConfig) -> Path:
+    unknown = [t for t in cfg.tasks if t not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; known task families: {sorted(FAMILIES)}")
+    ds, done = _open_dataset(cfg)
+    root = Path(cfg.root)
+    stats = {}
+    try:
+        for family in cfg.tasks:
+            env = SpatialTabletopEnv(task=family, cameras=tuple(cfg.cameras), observation_width=cfg.image_size,
+                                     observation_height=cfg.image_size, fps=cfg.fps,
+                                     episode_length=cfg.episode_length, action_space=cfg.action_space)
+            kept, attempt = done.get(family, (0, 0))
+            bar = tqdm(total=cfg.episodes_per_task, initial=kept, desc=f"collect {family}")
+            while kept < cfg.episodes_per_task:
+                if attempt > 20 * cfg.episodes_per_task + 20:
+                    raise RuntimeError(f"{family}: the expert failed too often ({attempt} attempts)")
+                seed = episode_seed(cfg.seed, family, attempt)
+                success, frames = _record_episode(env, ds, seed)
+                if success or not cfg.only_successful:
+                    index = ds.meta.total_episodes
+                    ds.save_episode()
+                    write_json_gz_atomic(root / SCENE_DIR / f"episode_{index:06d}.json.gz", {
+                        "episode_index": index, "task_family": family, "seed": seed, "attempt": attempt,
+                        "instruction": env.task_description, "success": success, "fps": cfg.fps,
+                        "episode": {"target": env.episode.target, "place_xy": env.episode.place_xy,
+                                    "details": env.episode.details},
+                        "frames": frames})
+                    kept += 1
+                    bar.update(1)
+                else:
+                    ds.clear_episode_buffer()
+                attempt += 1
+            bar.close()
+            stats[family] = {"kept": kept, "attempts": attempt}
+            env.close()
+    finally:
+        ds.finalize()
+    log.info("collected %s into %s", stats, root)
+    print(json.dumps({"dataset": str(root), "episodes": ds.meta.total_episodes, "per_task": stats}))
+    return root
+
+
+def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int) -> tuple[bool, list[dict]]:
+    obs, _ = env.reset(seed=seed)
+    expert = ScriptedExpert(env)
+    frames, success = [], False
+    while True:
+        action = expert.act()
+        frames.append(env.ground_truth().to_dict())
+        frame = {"observation.state": obs["agent_pos"].astype(np.float32), "action": action,
+                 "task": env.task_description}
+        for cam, img in obs["pixels"].items():
+            frame[f"observation.images.{cam}"] = img
+        ds.add_frame(frame)
+        obs, _, terminated, truncated, info = env.step(action)
+        success = info["is_success"]
+        if terminated or truncated:
+            return success, frames
