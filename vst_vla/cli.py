@@ -17,6 +17,17 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
                 "record scripted-expert episodes of the sim tasks into a LeRobotDataset v3"),
     "viz": ("viz", "vst_vla.viz.episode:visualize_episode", "vst_vla.viz.episode:VizConfig",
             "turn a recorded episode into a Rerun recording (.rrd) or a live viewer"),
+    "sft": ("tuning/stage1_sft", "vst_vla.tuning.sft:train_sft", "vst_vla.tuning.sft:SFTConfig",
+            "backbone stage 1: SFT on perception data (full or LoRA)"),
+    "cot-sft": ("tuning/stage2_cot", "vst_vla.tuning.sft:train_sft", "vst_vla.tuning.sft:SFTConfig",
+                "backbone stage 2: chain-of-thought SFT on reasoning data"),
+    "grpo": ("tuning/stage3_grpo", "vst_vla.tuning.grpo:train_grpo", "vst_vla.tuning.grpo:GRPOConfig",
+             "backbone stage 3: GRPO with VST's rewards on rule-checkable questions"),
+    "spatial-data": ("spatial_data", "vst_vla.spatial.dataset:generate_dataset",
+                     "vst_vla.spatial.dataset:SpatialDataConfig",
+                     "VST-P / VST-R style spatial QA from the sim (train + held-out sim spatial benchmark)"),
+    "spatial-eval": ("spatial_eval", "vst_vla.spatial.evaluate:run_eval", "vst_vla.spatial.evaluate:SpatialEvalConfig",
+                     "score model answers per skill on the sim spatial benchmark or a VSI/MMSI/CV-Bench file"),
     "pipeline": ("pipeline", "vst_vla.pipeline:run_pipeline", "vst_vla.pipeline:PipelineConfig",
                  "the end-to-end default: every built stage in order, small and offline"),
 }
@@ -28,7 +39,7 @@ def _resolve(ref: str):
 
 
 def _usage() -> str:
-    lines = ["usage: vst-vla <stage> [key=value ...] [--cfg]", "", "stages:"]
+    lines = ["usage: vst-vla <stage> [key=value ...] [--config NAME] [--cfg]", "", "stages:"]
     lines += [f"  {name:<14} {spec[3]}" for name, spec in STAGES.items()]
     lines += ["", "Overrides use hydra syntax, e.g. `vst-vla collect episodes_per_task=2 tasks=[stack]`."]
     return "\n".join(lines)
@@ -43,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         raise SystemExit(f"vst-vla: unknown stage {stage!r}\n\n{_usage()}")
     config_name, fn_ref, schema_ref, _ = STAGES[stage]
+    if "--config" in args:  # another YAML for the same stage, e.g. --config tuning/stage1_sft_vst7b
+        k = args.index("--config")
+        if k + 1 >= len(args):
+            raise SystemExit("vst-vla: --config needs a config name under configs/, e.g. tuning/stage1_sft_vst3b")
+        config_name, args = args[k + 1], args[:k] + args[k + 2:]
     show_only = "--cfg" in args or "--help" in args or "-h" in args
     overrides = [a for a in args if a not in {"--cfg", "--help", "-h"}]
     from vst_vla.config import load_config

@@ -1,0 +1,133 @@
+"""The three VST tuning stages on a tiny offline backbone: they train, checkpoint, resume and scale out."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+from spatial_fixtures import make_side_dataset
+
+from vst_vla.backbone import BackboneConfig, build_backbone, encode_for_training, generate_answers
+from vst_vla.spatial.rewards import accuracy
+from vst_vla.tuning.common import LoraSettings, RunSettings, latest_checkpoint
+from vst_vla.tuning.grpo import GRPOConfig, train_grpo
+from vst_vla.tuning.sft import SFTConfig, train_sft
+
+FAST = dict(batch_size=8, lr_llm=2e-3, lr_vision=2e-3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_side_dataset(tmp_path_factory.mktemp("side") / "data")
+
+
+@pytest.fixture(scope="module")
+def sft_model(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    return train_sft(SFTConfig(data=str(data), cot="exclude", **FAST,
+                               run=RunSettings(output_dir=str(out), max_steps=40, save_every=20, log_every=5)))
+
+
+def test_answer_accuracy(path, data) -> float:
+    backbone = build_backbone(BackboneConfig(pretrained_path=str(path)))
+    test = list(datasets.load_from_disk(str(data))["test"])
+    answers = generate_answers(backbone, test, data, max_new_tokens=4)
+    return sum(accuracy(a, r["answer_type"], r["ground_truth"]) for a, r in zip(answers, test)) / len(test)
+
+
+test_answer_accuracy.__test__ = False  # a helper, not a test
+
+
+def test_sft_learns_the_task_and_writes_a_loadable_checkpoint(sft_model, data):
+    run_dir = Path(sft_model).parent
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.3 * losses[0]
+    assert test_answer_accuracy(sft_model, data) >= 0.9  # held-out split; chance is 0.5
+    assert (run_dir / "curves.png").stat().st_size > 0 and (run_dir / "curves.rrd").stat().st_size > 0
+    assert latest_checkpoint(run_dir).name == "step_0000040"
+
+
+def test_resume_after_kill_loses_only_the_steps_since_the_checkpoint(data, tmp_path):
+    def cmd(out, resume):
+        return [sys.executable, "-m", "vst_vla.cli", "sft", f"data={data}", "cot=exclude", "batch_size=4",
+                "lr_llm=1e-3", "lr_vision=1e-3", f"run.output_dir={out}", "run.max_steps=12", "run.save_every=4",
+                "run.log_every=2", f"run.resume={str(resume).lower()}"]
+
+    subprocess.run(cmd(tmp_path / "straight", False), check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "killed", False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "killed/checkpoints/step_0000004").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed/final").exists(), "the run finished before it could be killed"
+    subprocess.run(cmd(tmp_path / "killed", True), check=True, capture_output=True)
+    straight = load_file(tmp_path / "straight/final/model.safetensors")
+    resumed = load_file(tmp_path / "killed/final/model.safetensors")
+    for name, weight in straight.items():
+        torch.testing.assert_close(resumed[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8, 10, 12]  # redone steps are not logged twice
+
+
+def test_cot_stage_starts_from_the_previous_stage(sft_model, data, tmp_path):
+    # with zero learning rates the stage-2 result must be exactly stage 1's model
+    out = train_sft(SFTConfig(data=str(data), cot="only", batch_size=8, lr_llm=0.0, lr_vision=0.0,
+                              run=RunSettings(output_dir=str(tmp_path), init_from=str(sft_model), max_steps=2,
+                                              save_every=2, log_every=1)))
+    before, after = load_file(Path(sft_model) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    cot_loss = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert 0 < cot_loss < 20
+
+
+def test_lora_saves_adapters_and_a_merged_model(data, tmp_path):
+    out = train_sft(SFTConfig(data=str(data), cot="exclude", lora=LoraSettings(rank=4), **FAST,
+                              run=RunSettings(output_dir=str(tmp_path), max_steps=3, save_every=3)))
+    assert (tmp_path / "final_adapters" / "adapter_config.json").is_file()
+    merged = load_file(out / "model.safetensors")
+    assert not any("lora" in name for name in merged)
+    build_backbone(BackboneConfig(pretrained_path=str(out)))  # the merged model is a plain checkpoint
+
+
+def test_grpo_raises_the_mean_reward(sft_model, data, tmp_path):
+    train_grpo(GRPOConfig(data=str(data), lr=1e-4, max_new_tokens=3, prompts_per_step=8, group_size=8,
+                          require_think=False,
+                          run=RunSettings(output_dir=str(tmp_path), init_from=str(sft_model), max_steps=8,
+                                          save_every=8, log_every=1)))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(0.0 <= r["reward"] <= 1.0 for r in rows)
+    assert any(r["kept_groups"] > 0 for r in rows)  # online filtering kept the informative groups
+    later = sum(r["reward"] for r in rows[4:]) / 4
+    assert later > rows[0]["reward"] + 0.04, [r["reward"] for r in rows]
+
+
+def test_two_cpu_processes_under_accelerate(data, tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vst_vla.cli", "sft",
+                           f"data={data}", "batch_size=2", f"run.output_dir={tmp_path}", "run.max_steps=3",
+                           "run.save_every=3", "run.log_every=1"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # logged once, by the main process
+
+
+def test_bad_input_names_the_problem(data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="spatial dataset not found"):
+        train_sft(SFTConfig(data=str(tmp_path / "nope"), run=RunSettings(output_dir=str(tmp_path / "o"))))
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (broken / "images" / "train_0.png").unlink()
+    with pytest.raises(FileNotFoundError, match="train_0.png"):
+        train_sft(SFTConfig(data=str(broken), batch_size=32, run=RunSettings(output_dir=str(tmp_path / "o2"), max_steps=1)))

@@ -1,0 +1,1 @@
+"""Backbone tuning, VST's three stages: SFT on perception data, CoT SFT on reasoning data, GRPO."""

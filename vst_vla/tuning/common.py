@@ -1,0 +1,221 @@
+"""What the three tuning stages share: data, optimiser groups, atomic checkpoints, curves.
+
+Kept deliberately small: each stage's loop (sft.py, grpo.py) reads top to bottom and calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import torch
+from accelerate import Accelerator
+
+from vst_vla.backbone import BackboneConfig
+
+RULE_CHECKABLE = ("multiple_choice", "number", "boxes_3d")
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 0  # 0: full fine-tune; > 0: LoRA adapters on the LLM's projections (peft)
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                "gate_proj", "up_proj", "down_proj"])
+    merge_at_end: bool = True  # also write the merged full model next to the adapters
+
+
+@dataclass
+class RunSettings:
+    output_dir: str = "outputs/tuning/run"
+    init_from: Optional[str] = None  # a previous stage's `final/` folder; overrides backbone.pretrained_path
+    seed: int = 0
+    max_steps: int = 100
+    save_every: int = 50
+    log_every: int = 5
+    resume: bool = False  # continue from output_dir/checkpoints/latest
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, no on CPU
+
+
+def load_rows(path: str | Path, split: str, cot: str = "include", answer_types: tuple[str, ...] | None = None,
+              max_samples: int | None = None) -> datasets.Dataset:
+    """A split of a saved spatial dataset, filtered by chain-of-thought flag and answer type."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"spatial dataset not found: {path} (generate one with `vst-vla spatial-data`)")
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise KeyError(f"{path} has splits {list(ds)}, not {split!r}")
+        ds = ds[split]
+    if cot not in ("include", "exclude", "only"):
+        raise ValueError(f"cot must be include, exclude or only, got {cot!r}")
+    if cot != "include":
+        ds = ds.filter(lambda r: r["cot"] == (cot == "only"))
+    if answer_types is not None:
+        ds = ds.filter(lambda r: r["answer_type"] in answer_types)
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f"{path}[{split}] has no rows with cot={cot} and answer types {answer_types}")
+    return ds
+
+
+def make_accelerator(run: RunSettings, grad_accum: int = 1) -> Accelerator:
+    mp = run.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mp)
+
+
+def backbone_config(backbone: BackboneConfig, run: RunSettings) -> BackboneConfig:
+    if run.init_from:
+        return BackboneConfig(**{**backbone.__dict__, "pretrained_path": run.init_from})
+    return backbone
+
+
+def param_groups(model: torch.nn.Module, lr_llm: float, lr_vision: float, weight_decay: float) -> list[dict]:
+    """Separate learning rates for the vision tower and the rest, as VST trains them."""
+    vision, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (vision if ".visual." in f".{name}" else rest).append(p)
+    groups = [{"params": rest, "lr": lr_llm, "weight_decay": weight_decay}]
+    if vision:
+        groups.append({"params": vision, "lr": lr_vision, "weight_decay": weight_decay})
+    return groups
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    pointer = Path(output_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(output_dir) / "checkpoints" / pointer.read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{pointer} points to {path}, which holds no complete checkpoint")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict) -> Path:
+    """Model, optimiser, scheduler and RNG states via accelerate, written to a temp folder then renamed,
+    so a kill at any moment leaves the previous checkpoint intact."""
+    ckpt_root = Path(output_dir) / "checkpoints"
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f".tmp_step_{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_text_atomic(ckpt_root / "latest", final.name)
+        for old in sorted(ckpt_root.glob("step_*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
+    accelerator.load_state(str(path))
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_final(accelerator: Accelerator, backbone, output_dir: str | Path, lora: LoraSettings) -> Path:
+    """`final/` is a plain Qwen2.5-VL checkpoint folder (model + processor) that the next stage or the
+    policy loads with `pretrained_path`; LoRA runs also keep their adapters in `final_adapters/`."""
+    model = accelerator.unwrap_model(backbone.model)
+    out = Path(output_dir)
+    if accelerator.is_main_process:
+        if lora.rank > 0:
+            _save_atomic(lambda d: model.save_pretrained(d), out / "final_adapters")
+            model = model.merge_and_unload() if lora.merge_at_end else model
+        if lora.rank == 0 or lora.merge_at_end:
+            _save_atomic(lambda d: (model.save_pretrained(d), backbone.processor.save_pretrained(d)), out / "final")
+    accelerator.wait_for_everyone()
+    return out / "final"
+
+
+def _save_atomic(write, dest: Path) -> None:
+    tmp = dest.with_name("." + dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(str(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+# --- curves ------------------------------------------------------------------------------------------
+
+
+class Curves:
+    """Scalars per step: JSONL while training (append, survives resume), PNG and Rerun at the end."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+
+    def log(self, step: int, **values: float) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+
+    def read(self, after_step: int | None = None) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if after_step is None or r["step"] <= after_step]
+
+    def truncate(self, step: int) -> None:
+        """On resume, drop what was logged after the checkpoint: those steps are redone."""
+        if self.enabled and self.path.is_file():
+            rows = self.read(after_step=step)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def finish(self, title: str) -> None:
+        if not self.enabled:
+            return
+        rows = self.read()
+        if not rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import rerun as rr
+
+        keys = sorted({k for r in rows for k in r if k != "step"})
+        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False)
+        for ax, key in zip(axes[:, 0], keys):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts])
+            ax.set_ylabel(key)
+        axes[-1, 0].set_xlabel("step")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(self.path.with_name("curves.png"), dpi=90)
+        plt.close(fig)
+        rec = rr.RecordingStream(f"vst_vla_{title}")
+        rec.save(str(self.path.with_name("curves.rrd")))
+        for r in rows:
+            rec.set_time("step", sequence=int(r["step"]))
+            for key in keys:
+                if key in r:
+                    rec.log(f"curves/{key}", rr.Scalars(r[key]))
+        rec.flush()

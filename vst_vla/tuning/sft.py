@@ -1,0 +1,111 @@
+"""Supervised fine-tuning: stage 1 (VST-P perception answers) and stage 2 (VST-R chain-of-thought).
+
+Loss on answer tokens only; full fine-tune with separate vision / LLM learning rates, or LoRA (peft);
+gradient accumulation, cosine schedule with warm-up, atomic checkpoints and exact resume through
+accelerate (run it with `accelerate launch` for DDP / FSDP on several GPUs or nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from vst_vla.backbone import BackboneConfig, build_backbone, encode_for_training
+from vst_vla.tuning.common import (Curves, LoraSettings, RunSettings, backbone_config, latest_checkpoint,
+                                   load_checkpoint, load_rows, make_accelerator, param_groups, save_checkpoint,
+                                   save_final)
+
+
+@dataclass
+class SFTConfig:
+    data: str = "outputs/spatial_data"  # a `vst-vla spatial-data` folder (or a loaded VST release)
+    split: str = "train"
+    cot: str = "exclude"  # stage 1 trains on direct answers ("exclude"), stage 2 on CoT samples ("only")
+    max_samples: Optional[int] = None
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    batch_size: int = 8  # per process
+    grad_accum: int = 1
+    lr_llm: float = 5e-5
+    lr_vision: float = 5e-6
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+def apply_lora(model, lora: LoraSettings):
+    from peft import LoraConfig, get_peft_model
+
+    # only the language model's projections: the vision tower keeps its weights (or trains with lr_vision)
+    targets = rf"model\.language_model\..*\.({'|'.join(lora.target_modules)})"
+    return get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=targets))
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    run = cfg.run
+    accelerator = make_accelerator(run, cfg.grad_accum)
+    accelerator.dataloader_config = DataLoaderConfiguration(use_seedable_sampler=True)
+    set_seed(run.seed)
+    bb_cfg = backbone_config(cfg.backbone, run)
+    backbone = build_backbone(BackboneConfig(**{**bb_cfg.__dict__, "device": str(accelerator.device)}))
+    if cfg.lora.rank > 0:
+        backbone.model = apply_lora(backbone.model, cfg.lora)
+    rows = load_rows(cfg.data, cfg.split, cfg.cot, max_samples=cfg.max_samples)
+    loader = DataLoader(rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=list)
+    optimizer = torch.optim.AdamW(param_groups(backbone.model, cfg.lr_llm, cfg.lr_vision, cfg.weight_decay))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * run.max_steps), run.max_steps)
+    # the scheduler is stepped by hand once per optimiser step (accelerate would step it per process)
+    model, optimizer, loader = accelerator.prepare(backbone.model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, curves = 0, Curves(run.output_dir, accelerator.is_main_process)
+    Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+    if run.resume and (ckpt := latest_checkpoint(run.output_dir)) is not None:
+        step = load_checkpoint(accelerator, ckpt)["step"]
+        curves.truncate(step)
+    batches_done = step * cfg.grad_accum
+    epoch, skip = divmod(batches_done, len(loader))
+
+    model.train()
+    bar = tqdm(total=run.max_steps, initial=step, desc=f"sft[{cfg.cot}]", disable=not accelerator.is_main_process)
+    running = []
+    while step < run.max_steps:
+        loader.set_epoch(epoch)
+        for batch_rows in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            with accelerator.accumulate(model):
+                batch = encode_for_training(backbone, batch_rows, cfg.data)
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+            running.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % run.log_every == 0 or step == run.max_steps:
+                mean_loss = accelerator.gather(torch.stack(running).mean()[None]).mean().item()
+                curves.log(step, loss=mean_loss, lr=scheduler.get_last_lr()[0])
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
+                running = []
+            if step % run.save_every == 0 or step == run.max_steps:
+                save_checkpoint(accelerator, run.output_dir, step, {"epoch": epoch})
+            if step >= run.max_steps:
+                break
+        epoch, skip = epoch + 1, 0
+    bar.close()
+    curves.finish(f"sft_{cfg.cot}")
+    return save_final(accelerator, backbone, run.output_dir, cfg.lora)
