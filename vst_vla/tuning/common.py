@@ -138,17 +138,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_final(accelerator: Accelerator, backbone, output_dir: str | Path, lora: LoraSettings) -> Path:
+def save_final(accelerator: Accelerator, prepared_model, backbone, output_dir: str | Path, lora: LoraSettings) -> Path:
     """`final/` is a plain Qwen2.5-VL checkpoint folder (model + processor) that the next stage or the
     policy loads with `pretrained_path`; LoRA runs also keep their adapters in `final_adapters/`."""
-    model = accelerator.unwrap_model(backbone.model)
+    state = accelerator.get_state_dict(prepared_model)  # gathers FSDP shards; every process must call it
+    model = accelerator.unwrap_model(prepared_model)
     out = Path(output_dir)
     if accelerator.is_main_process:
         if lora.rank > 0:
-            _save_atomic(lambda d: model.save_pretrained(d), out / "final_adapters")
+            _save_atomic(lambda d: model.save_pretrained(d, state_dict=state), out / "final_adapters")
+            model.load_state_dict(state)
             model = model.merge_and_unload() if lora.merge_at_end else model
+            state = None
         if lora.rank == 0 or lora.merge_at_end:
-            _save_atomic(lambda d: (model.save_pretrained(d), backbone.processor.save_pretrained(d)), out / "final")
+            _save_atomic(lambda d: (model.save_pretrained(d, state_dict=state), backbone.processor.save_pretrained(d)),
+                         out / "final")
     accelerator.wait_for_everyone()
     return out / "final"
 

@@ -154,7 +154,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             save_checkpoint(accelerator, run.output_dir, step, {})
     bar.close()
     curves.finish("grpo")
-    return save_final(accelerator, backbone, run.output_dir, cfg.lora)
+    return save_final(accelerator, model, backbone, run.output_dir, cfg.lora)
 
 
 def reward_summary(output_dir: str | Path, fraction: float = 0.1) -> dict:

@@ -108,4 +108,4 @@ def train_sft(cfg: SFTConfig) -> Path:
         epoch, skip = epoch + 1, 0
     bar.close()
     curves.finish(f"sft_{cfg.cot}")
-    return save_final(accelerator, backbone, run.output_dir, cfg.lora)
+    return save_final(accelerator, model, backbone, run.output_dir, cfg.lora)
