@@ -6,7 +6,7 @@
 """
 
 from vst_vla.backbone.actions import action_token, add_action_tokens
-from vst_vla.backbone.build import Backbone, build_backbone, build_processor
+from vst_vla.backbone.build import Backbone, build_backbone, build_processor, resolve_device, resolve_dtype
 from vst_vla.backbone.chat import encode_for_generation, encode_for_training, generate_answers
 from vst_vla.backbone.config import PRESETS, BackboneConfig
 
@@ -21,4 +21,6 @@ __all__ = [
     "encode_for_generation",
     "encode_for_training",
     "generate_answers",
+    "resolve_device",
+    "resolve_dtype",
 ]
