@@ -201,7 +201,7 @@ class SpatialTabletopEnv(gym.Env):
         for k, obj in enumerate(self.episode.objects):
             geom_to_obj[self.scene.body_geoms[obj.name]] = k
         ids, types = seg[..., 0], seg[..., 1]
-        out = np.where((types == mujoco.mjtObj.mjOBJ_GEOM) & (ids >= 0), geom_to_obj[np.clip(ids, 0, None)], -1)
+        out = np.where((types == int(mujoco.mjtObj.mjOBJ_GEOM)) & (ids >= 0), geom_to_obj[np.clip(ids, 0, None)], -1)
         return out.astype(np.int32)
 
     def _get_renderer(self) -> mujoco.Renderer:

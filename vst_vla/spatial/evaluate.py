@@ -1,0 +1,161 @@
+"""`vst-vla spatial-eval`: score model answers on the sim spatial benchmark or a VSI / MMSI / CV-Bench file.
+
+The core is `evaluate(dataset, predictions) -> dict`: per skill, the VST accuracy
+(`rewards.accuracy`: letter, 5 %-relaxed number, 3D box score, exact text) and, for numeric
+answers, VSI-Bench's MRA; a skill's `score` is MRA for numeric skills and accuracy otherwise, and the
+overall `score` is the mean over skills (VSI-Bench's average over question types). Predictions come
+from a JSONL file of `{"id": ..., "prediction": ...}`, or from `answer_fn(rows) -> list[str]` (what a
+`--model` option plugs in: `run_eval(cfg, answer_fn=...)`). Missing predictions score 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from vst_vla.spatial.rewards import accuracy, extract_answer, mra, parse_number
+
+AnswerFn = Callable[[list[dict]], list[str]]
+
+
+@dataclass
+class SpatialEvalConfig:
+    dataset: str = "outputs/datasets/vst_spatial"  # a spatial-data folder, or a benchmark question file
+    split: str = "test"  # for a spatial-data folder
+    benchmark: str | None = None  # vsi_bench | mmsi_bench | cv_bench: read `dataset` as that benchmark's file
+    media_root: str | None = None  # where a benchmark file's images/videos live (default: next to it)
+    predictions: str = "outputs/eval/spatial_predictions.jsonl"  # JSONL of {"id", "prediction"}
+    output: str | None = None  # also write the results JSON here
+    batch_size: int = 8  # rows per answer_fn call
+
+
+def load_eval_dataset(cfg: SpatialEvalConfig) -> datasets.Dataset:
+    if cfg.benchmark:
+        from vst_vla.spatial.vst_format import load_benchmark_file
+
+        return load_benchmark_file(cfg.dataset, cfg.benchmark, cfg.media_root)
+    data = datasets.load_from_disk(cfg.dataset)
+    if isinstance(data, datasets.DatasetDict):
+        if cfg.split not in data:
+            raise KeyError(f"{cfg.dataset}: no split {cfg.split!r}; splits: {list(data)}")
+        data = data[cfg.split]
+    return data
+
+
+def load_predictions(path: str | Path) -> dict[str, str]:
+    """{id: prediction} from JSONL; a malformed line is an error naming the file and line."""
+    preds = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                preds[str(item["id"])] = str(item["prediction"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: expected a JSON object with 'id' and 'prediction' ({err})") from err
+    return preds
+
+
+def predict(dataset: datasets.Dataset, answer_fn: AnswerFn, batch_size: int = 8) -> dict[str, str]:
+    """Answers of `answer_fn` (a VLM, a baseline) for every row, batched."""
+    preds = {}
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
+        answers = answer_fn(rows)
+        if len(answers) != len(rows):
+            raise ValueError(f"answer_fn returned {len(answers)} answers for {len(rows)} rows")
+        preds.update({row["id"]: str(a) for row, a in zip(rows, answers, strict=True)})
+    return preds
+
+
+def score_row(row: dict, prediction: str | None) -> dict:
+    """accuracy (and mra for numeric answers) of one prediction; a missing one scores 0."""
+    gt = json.loads(row["ground_truth"])
+    out = {"accuracy": 0.0 if prediction is None else accuracy(prediction, row["answer_type"], gt)}
+    if row["answer_type"] == "number":
+        value = None if prediction is None else parse_number(extract_answer(prediction), gt.get("unit"))
+        out["mra"] = 0.0 if value is None else mra(value, float(gt["value"]))
+    return out
+
+
+def evaluate(dataset: datasets.Dataset | list[dict], predictions: dict[str, str]) -> dict:
+    """Per-skill and overall scores of `predictions` ({id: text}) on `dataset`'s rows."""
+    per = defaultdict(lambda: {"n": 0, "answered": 0, "accuracy": [], "mra": [], "scenario": ""})
+    for row in dataset:
+        s = per[row["skill"]]
+        s["scenario"] = row["scenario"]
+        pred = predictions.get(str(row["id"]))
+        scores = score_row(row, pred)
+        s["n"] += 1
+        s["answered"] += pred is not None
+        s["accuracy"].append(scores["accuracy"])
+        if "mra" in scores:
+            s["mra"].append(scores["mra"])
+    skills = {}
+    for name, s in sorted(per.items()):
+        acc = float(np.mean(s["accuracy"]))
+        m = float(np.mean(s["mra"])) if s["mra"] else None
+        numeric = len(s["mra"]) == s["n"]  # VSI-Bench: numeric question types are scored by MRA
+        skills[name] = {"scenario": s["scenario"], "n": s["n"], "answered": s["answered"], "accuracy": acc,
+                        "mra": m, "score": m if numeric else acc}
+    n = sum(s["n"] for s in skills.values())
+    return {
+        "n": n,
+        "answered": sum(s["answered"] for s in skills.values()),
+        "accuracy": float(np.mean([a for s in per.values() for a in s["accuracy"]])) if n else 0.0,
+        "score": float(np.mean([s["score"] for s in skills.values()])) if skills else 0.0,
+        "skills": skills,
+    }
+
+
+def print_results(result: dict, title: str = "spatial-eval") -> None:
+    """A rich table per skill, then the results as one JSON line (for scripts)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("skill", "scenario", "n", "answered", "accuracy", "MRA", "score"):
+        table.add_column(col, justify="left" if col in ("skill", "scenario") else "right")
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    for name, s in result["skills"].items():
+        table.add_row(name, s["scenario"], str(s["n"]), str(s["answered"]), pct(s["accuracy"]), pct(s["mra"]),
+                      pct(s["score"]))
+    table.add_row("overall", "", str(result["n"]), str(result["answered"]), pct(result["accuracy"]), "",
+                  pct(result["score"]), style="bold")
+    Console(stderr=True, width=None if sys.stderr.isatty() else 120).print(table)  # logs: no truncated names
+    print(json.dumps(result))
+
+
+def run_eval(cfg: SpatialEvalConfig, answer_fn: AnswerFn | None = None) -> dict:
+    """The CLI stage: load the questions, get predictions (file, or `answer_fn`), score and report."""
+    dataset = load_eval_dataset(cfg)
+    if answer_fn is not None:
+        predictions = predict(dataset, answer_fn, cfg.batch_size)
+        Path(cfg.predictions).parent.mkdir(parents=True, exist_ok=True)
+        with open(cfg.predictions, "w") as f:
+            for k, v in predictions.items():
+                f.write(json.dumps({"id": k, "prediction": v}) + "\n")
+    else:
+        if not Path(cfg.predictions).is_file():
+            raise FileNotFoundError(f"no predictions file {cfg.predictions}: write one JSON line "
+                                    '{"id": ..., "prediction": ...} per question')
+        predictions = load_predictions(cfg.predictions)
+    unknown = set(predictions) - {str(i) for i in dataset["id"]}
+    if unknown:
+        print(f"spatial-eval: {len(unknown)} predictions have ids not in the dataset (ignored), "
+              f"e.g. {sorted(unknown)[:3]}", file=sys.stderr)
+    result = evaluate(dataset, predictions)
+    result["dataset"] = cfg.dataset if cfg.benchmark else f"{cfg.dataset}:{cfg.split}"
+    print_results(result, f"spatial-eval {result['dataset']}")
+    if cfg.output:
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.output).write_text(json.dumps(result, indent=2))
+    return result
