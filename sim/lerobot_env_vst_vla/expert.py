@@ -16,6 +16,13 @@ from .robot import DlsIK, to_so101_units
 SPEED = 0.006  # metres per control step for the commanded grasp point (0.18 m/s at 30 fps)
 SLOW = 0.003  # near the table
 CARRY_Z = 0.10
+# pad-centre distance (m) at gripper angles (rad), measured on the model: the jaw opens along an arc
+_PAD_DISTANCE = ([0.0148, 0.0302, 0.0498, 0.074, 0.0998], [0.0, 0.2, 0.46, 0.8, 1.2])
+
+
+def approach_opening(width: float) -> float:
+    """Gripper angle that clears an object `width` wide by ~1.5 cm: a wide-open jaw sweeps into neighbours."""
+    return float(np.interp(width + 0.01 + 0.015, *_PAD_DISTANCE))
 
 
 @dataclass
@@ -31,17 +38,30 @@ class ScriptedExpert:
         self.env = env
         self.reset()
 
+    MAX_RETRIES = 3
+
     def reset(self) -> None:
+        env = self.env
+        self.cmd = env.data.site("grasp").xpos.copy()
+        self.q_arm = env.joint_positions()[:5]
+        self.gripper = GRIPPER_OPEN
+        self.retries = 0
+        self._plan()
+
+    def _plan(self) -> None:
+        """Waypoints from the target's current pose: approach, grasp, lift (and carry, place, release)."""
         env = self.env
         ep = env.episode
         obj = ep.objects[ep.target]
         pos = env.object_position(ep.target)
-        grasp_z = max(pos[2], 0.014)
+        grasp_z = max(pos[2], 0.02)  # keeps the jaws (which sweep down as they close) off the table
         self.yaw = self._grasp_yaw(obj.shape, self._object_yaw(), pos)
         above = np.array([pos[0], pos[1], CARRY_Z])
         grasp = np.array([pos[0], pos[1], grasp_z])
-        self.plan = [Waypoint(above, GRIPPER_OPEN), Waypoint(grasp, GRIPPER_OPEN, SLOW, hold=2),
+        opening = approach_opening(obj.size[0])
+        self.plan = [Waypoint(above, opening), Waypoint(grasp, opening, SLOW, hold=2),
                      Waypoint(grasp, GRIPPER_CLOSED, SLOW, hold=10), Waypoint(above + [0, 0, 0.02], GRIPPER_CLOSED, SLOW)]
+        self.release_stage = len(self.plan) + 10**6  # pick-only tasks hold the object to the end
         if ep.place_xy is not None:
             # the grasp point sits at the object's centre height above its base when picked
             lift_offset = grasp_z - pos[2]
@@ -50,11 +70,9 @@ class ScriptedExpert:
                           Waypoint(place, GRIPPER_CLOSED, SLOW, hold=3),
                           Waypoint(place, GRIPPER_OPEN, SLOW, hold=8),
                           Waypoint(np.array([*ep.place_xy, CARRY_Z + 0.02]), GRIPPER_OPEN)]
+            self.release_stage = len(self.plan) - 2
         self.stage = 0
         self.held = 0
-        self.cmd = env.data.site("grasp").xpos.copy()
-        self.q_arm = env.joint_positions()[:5]
-        self.gripper = GRIPPER_OPEN
 
     def _object_yaw(self) -> float:
         quat = self.env.data.body(self.env.episode.objects[self.env.episode.target].name).xquat
@@ -77,6 +95,11 @@ class ScriptedExpert:
 
     def act(self) -> np.ndarray:
         env = self.env
+        # a grasp that slipped (or never held) is retried from where the object now lies
+        carrying = 3 <= self.stage < self.release_stage
+        if carrying and not env.is_held(env.episode.target) and self.retries < self.MAX_RETRIES:
+            self.retries += 1
+            self._plan()
         wp = self.plan[min(self.stage, len(self.plan) - 1)]
         step = wp.xyz - self.cmd
         dist = float(np.linalg.norm(step))

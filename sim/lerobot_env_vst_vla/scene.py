@@ -132,7 +132,8 @@ class SceneGT:
 def _add_pool_body(spec: mujoco.MjSpec, obj: ObjectSpec) -> None:
     sx, sy, sz = obj.size
     rgba = [*COLORS[obj.color], 1.0]
-    body = spec.worldbody.add_body(name=obj.name, pos=[obj.pos[0], obj.pos[1], 0.0])
+    # gravcomp must exist at compile time to be switched at run time (parked bodies float, used ones fall)
+    body = spec.worldbody.add_body(name=obj.name, pos=[obj.pos[0], obj.pos[1], 0.0], gravcomp=1.0)
     body.add_freejoint(name=obj.name)
     common = dict(rgba=rgba, friction=[1.2, 0.02, 0.001], condim=4, solref=[0.004, 1])
     if obj.shape == "cube":
@@ -265,7 +266,7 @@ class Scene:
             qpos[:3] = [obj.pos[0], obj.pos[1], rest_height(obj.shape, obj.size) + 0.0005]
             qpos[3:] = [np.cos(obj.yaw / 2), 0, 0, np.sin(obj.yaw / 2)]
             for g in self.body_geoms[obj.name]:
-                m.geom_rgba[g, :3] = COLORS[obj.color]
+                m.geom_rgba[g] = [*COLORS[obj.color], 1.0]
         for k, (name, geoms) in enumerate(self.body_geoms.items()):
             parked = name not in used
             body = m.body(name).id
@@ -273,6 +274,7 @@ class Scene:
             m.geom_contype[geoms] = 0 if parked else self._geom_contype[geoms]
             m.geom_conaffinity[geoms] = 0 if parked else self._geom_conaff[geoms]
             if parked:
+                m.geom_rgba[geoms, 3] = 0.0  # transparent geoms are skipped by the renderer: 80 fewer per frame
                 jnt = m.joint(name)
                 data.qpos[jnt.qposadr[0]: jnt.qposadr[0] + 7] = [5.0 + 0.3 * k, 5.0, -3.0, 1, 0, 0, 0]
         for name in self.body_geoms:

@@ -54,6 +54,8 @@ class DlsIK:
         self.damping = damping
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
+        self._eye3 = np.eye(3)
+        self._eye5 = np.eye(5)
 
     @staticmethod
     def top_down(yaw: float) -> np.ndarray:
@@ -71,7 +73,6 @@ class DlsIK:
         """
         d = self.data
         q = np.clip(np.asarray(q0, dtype=np.float64).copy(), self.lo, self.hi)
-        eye = np.eye(len(q))
         for _ in range(iters):
             d.qpos[self.qadr] = q
             mujoco.mj_kinematics(self.model, d)
@@ -79,20 +80,30 @@ class DlsIK:
             pos_err = target_pos - d.site_xpos[self.site]
             mujoco.mj_jacSite(self.model, d, self._jacp, self._jacr, self.site)
             Jp = self._jacp[:, self.dofs]
-            Jp_pinv = Jp.T @ np.linalg.inv(Jp @ Jp.T + self.damping * np.eye(3))
+            Jp_pinv = Jp.T @ np.linalg.inv(Jp @ Jp.T + self.damping * self._eye3)
             dq = Jp_pinv @ pos_err
             rot_err_norm = 0.0
             if target_rot is not None:
                 R = d.site_xmat[self.site].reshape(3, 3)
-                # small-angle rotation error: half the sum of the axis cross products
-                rot_err = 0.5 * sum(np.cross(R[:, i], target_rot[:, i]) for i in range(3))
+                # small-angle rotation error: half the sum of the axis cross products (written out:
+                # np.cross costs more than the whole MuJoCo side of an iteration)
+                rot_err = 0.5 * _cross_sum(R, target_rot)
                 rot_err_norm = float(np.linalg.norm(rot_err))
                 Jr = self._jacr[:, self.dofs]
-                dq_rot = Jr.T @ np.linalg.solve(Jr @ Jr.T + 1e-2 * np.eye(3), rot_err)
-                dq = dq + (eye - Jp_pinv @ Jp) @ dq_rot
+                dq_rot = Jr.T @ np.linalg.solve(Jr @ Jr.T + 1e-2 * self._eye3, rot_err)
+                dq = dq + (self._eye5 - Jp_pinv @ Jp) @ dq_rot
             if np.linalg.norm(pos_err) < tol and rot_err_norm < 1e-2:
                 break
             q = np.clip(q + dq, self.lo, self.hi)
         d.qpos[self.qadr] = q
         mujoco.mj_kinematics(self.model, d)
         return q, float(np.linalg.norm(target_pos - d.site_xpos[self.site]))
+
+
+def _cross_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum_i cross(a[:, i], b[:, i]) for 3x3 matrices."""
+    return np.array([
+        (a[1] * b[2] - a[2] * b[1]).sum(),
+        (a[2] * b[0] - a[0] * b[2]).sum(),
+        (a[0] * b[1] - a[1] * b[0]).sum(),
+    ])
