@@ -131,3 +131,13 @@ def test_bad_input_names_the_problem(data, tmp_path):
     (broken / "images" / "train_0.png").unlink()
     with pytest.raises(FileNotFoundError, match="train_0.png"):
         train_sft(SFTConfig(data=str(broken), batch_size=32, run=RunSettings(output_dir=str(tmp_path / "o2"), max_steps=1)))
+
+
+def test_spatial_eval_scores_a_tuned_checkpoint(sft_model, data, tmp_path):
+    from vst_vla.spatial.evaluate import SpatialEvalConfig, run_eval
+
+    result = run_eval(SpatialEvalConfig(dataset=str(data), split="test", model=str(sft_model), max_new_tokens=4,
+                                        predictions=str(tmp_path / "pred.jsonl"), output=str(tmp_path / "r.json")))
+    assert result["n"] == 16 and result["answered"] == 16
+    assert result["accuracy"] >= 0.9
+    assert len((tmp_path / "pred.jsonl").read_text().splitlines()) == 16

@@ -34,6 +34,10 @@ class SpatialEvalConfig:
     predictions: str = "outputs/eval/spatial_predictions.jsonl"  # JSONL of {"id", "prediction"}
     output: str | None = None  # also write the results JSON here
     batch_size: int = 8  # rows per answer_fn call
+    # a Qwen2.5-VL checkpoint folder (e.g. a tuning stage's final/): generate the answers with it
+    # (greedy) instead of reading `predictions`, which then receives them
+    model: str | None = None
+    max_new_tokens: int = 128
 
 
 def load_eval_dataset(cfg: SpatialEvalConfig) -> datasets.Dataset:
@@ -66,8 +70,10 @@ def load_predictions(path: str | Path) -> dict[str, str]:
 
 def predict(dataset: datasets.Dataset, answer_fn: AnswerFn, batch_size: int = 8) -> dict[str, str]:
     """Answers of `answer_fn` (a VLM, a baseline) for every row, batched."""
+    from tqdm import tqdm
+
     preds = {}
-    for start in range(0, len(dataset), batch_size):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="answering", unit="batch"):
         rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
         answers = answer_fn(rows)
         if len(answers) != len(rows):
@@ -134,8 +140,19 @@ def print_results(result: dict, title: str = "spatial-eval") -> None:
     print(json.dumps(result))
 
 
+def model_answer_fn(cfg: SpatialEvalConfig) -> AnswerFn:
+    """Greedy answers from a local checkpoint, images resolved under the evaluated dataset's folder."""
+    from vst_vla.backbone import BackboneConfig, build_backbone, generate_answers
+
+    backbone = build_backbone(BackboneConfig(pretrained_path=cfg.model, device="auto"))
+    root = cfg.media_root or (str(Path(cfg.dataset).parent) if cfg.benchmark else cfg.dataset)
+    return lambda rows: generate_answers(backbone, rows, root, max_new_tokens=cfg.max_new_tokens)
+
+
 def run_eval(cfg: SpatialEvalConfig, answer_fn: AnswerFn | None = None) -> dict:
-    """The CLI stage: load the questions, get predictions (file, or `answer_fn`), score and report."""
+    """The CLI stage: load the questions, get predictions (file, model or `answer_fn`), score and report."""
+    if answer_fn is None and cfg.model:
+        answer_fn = model_answer_fn(cfg)
     dataset = load_eval_dataset(cfg)
     if answer_fn is not None:
         predictions = predict(dataset, answer_fn, cfg.batch_size)
