@@ -17,23 +17,27 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
                 "record scripted-expert episodes of the sim tasks into a LeRobotDataset v3"),
     "viz": ("viz", "vst_vla.viz.episode:visualize_episode", "vst_vla.viz.episode:VizConfig",
             "turn a recorded episode into a Rerun recording (.rrd) or a live viewer"),
+    "spatial-data": ("spatial_data", "vst_vla.spatial.dataset:generate_dataset",
+                     "vst_vla.spatial.dataset:SpatialDataConfig",
+                     "VST-P / VST-R style spatial QA from the sim (train + held-out sim spatial benchmark)"),
     "sft": ("tuning/stage1_sft", "vst_vla.tuning.sft:train_sft", "vst_vla.tuning.sft:SFTConfig",
             "backbone stage 1: SFT on perception data (full or LoRA)"),
     "cot-sft": ("tuning/stage2_cot", "vst_vla.tuning.sft:train_sft", "vst_vla.tuning.sft:SFTConfig",
                 "backbone stage 2: chain-of-thought SFT on reasoning data"),
     "grpo": ("tuning/stage3_grpo", "vst_vla.tuning.grpo:train_grpo", "vst_vla.tuning.grpo:GRPOConfig",
              "backbone stage 3: GRPO with VST's rewards on rule-checkable questions"),
-    "spatial-data": ("spatial_data", "vst_vla.spatial.dataset:generate_dataset",
-                     "vst_vla.spatial.dataset:SpatialDataConfig",
-                     "VST-P / VST-R style spatial QA from the sim (train + held-out sim spatial benchmark)"),
     "spatial-eval": ("spatial_eval", "vst_vla.spatial.evaluate:run_eval", "vst_vla.spatial.evaluate:SpatialEvalConfig",
                      "score model answers per skill on the sim spatial benchmark or a VSI/MMSI/CV-Bench file"),
+    "train-policy": ("policy/train", "vst_vla.policy.train:train_policy", "vst_vla.policy.train:TrainPolicyConfig",
+                     "train a LeRobot policy (vst_vla tokens/flow head, act, ...) with lerobot-train's loop"),
+    "eval-policy": ("policy/eval", "vst_vla.policy.evaluate:evaluate_policy", "vst_vla.policy.evaluate:EvalPolicyConfig",
+                    "roll a policy checkpoint out in the sim: success per family (Wilson CI), videos, .rrd"),
     "pipeline": ("pipeline", "vst_vla.pipeline:run_pipeline", "vst_vla.pipeline:PipelineConfig",
                  "the end-to-end default: every built stage in order, small and offline"),
 }
 
 
-def _resolve(ref: str):
+def resolve(ref: str):
     module, attr = ref.split(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -64,13 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     from vst_vla.config import load_config
 
     try:
-        cfg = load_config(config_name, _resolve(schema_ref), overrides)
+        cfg = load_config(config_name, resolve(schema_ref), overrides)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"vst-vla {stage}: {err}") from err
     if show_only:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return
-    _resolve(fn_ref)(cfg)
+    resolve(fn_ref)(cfg)
 
 
 if __name__ == "__main__":

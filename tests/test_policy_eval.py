@@ -1,0 +1,113 @@
+"""`vst-vla train-policy` → `vst-vla eval-policy`: LeRobot's loop trains, our rollout reports, records, films."""
+
+import json
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from rerun.experimental import RrdReader
+
+from vst_vla.cli import main as cli
+from vst_vla.collect import CollectConfig, collect
+from vst_vla.policy.evaluate import EXECUTED_ENTITY, PREDICTED_ENTITY, wilson_interval
+from vst_vla.policy.train import TrainPolicyConfig, lerobot_train_args
+
+IMAGE = 56
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (0, 10, 0.0, 0.2775),  # textbook values (z = 1.96)
+    (5, 10, 0.2366, 0.7634),
+    (10, 10, 0.7225, 1.0),
+    (8, 20, 0.2188, 0.6134),
+    (1, 1, 0.2065, 1.0),
+])
+def test_wilson_interval_known_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_interval_edges():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo90, hi90 = wilson_interval(5, 10, confidence=0.90)
+    lo95, hi95 = wilson_interval(5, 10)
+    assert lo95 < lo90 < 0.5 < hi90 < hi95
+
+
+def test_train_config_becomes_lerobot_train_flags():
+    args = lerobot_train_args(TrainPolicyConfig(
+        policy_type="act", policy_overrides={"chunk_size": 10, "image_size": [56, 56], "use_vae": False},
+        steps=7, output_dir="/tmp/x"))
+    assert "--policy.type=act" in args and "--steps=7" in args and "--output_dir=/tmp/x" in args
+    assert "--policy.image_size=[56,56]" in args and "--policy.use_vae=false" in args
+    with pytest.raises(ValueError, match="vst_vla"):
+        lerobot_train_args(TrainPolicyConfig(policy_type="act", backbone_path="/nowhere"))
+
+
+def _entities(path) -> dict[str, list]:
+    """entity path -> its temporal record batches, read back from the .rrd."""
+    reader = RrdReader(path)
+    assert len(reader.recordings()) == 1
+    out = defaultdict(list)
+    for chunk in reader.stream():
+        if not chunk.is_static:
+            out[chunk.entity_path.lstrip("/")].append(chunk.to_record_batch())
+    return out
+
+
+def _values(batches, column) -> list:
+    return [v for b in batches if column in b.schema.names for v in b.column(column).to_pylist() if v is not None]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny flow-head vst_vla trained for 2 steps through the CLI stage on two short episodes."""
+    tmp = tmp_path_factory.mktemp("policy_eval")
+    collect(CollectConfig(root=str(tmp / "ds"), tasks=["stack"], episodes_per_task=2, image_size=IMAGE,
+                          episode_length=30, only_successful=False))
+    cli(["train-policy", f"dataset_root={tmp / 'ds'}", f"output_dir={tmp / 'train'}", "steps=2", "batch_size=2",
+         "save_freq=2", "log_freq=1", f"policy_overrides.image_size=[{IMAGE},{IMAGE}]",
+         "policy_overrides.chunk_size=4", "+policy_overrides.num_steps=2"])
+    path = tmp / "train" / "checkpoints" / "last" / "pretrained_model"
+    assert json.loads((path / "config.json").read_text())["action_head"] == "flow"
+    return path
+
+
+def test_eval_policy_reports_records_and_films(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    cli(["eval-policy", f"policy_path={checkpoint}", f"output_dir={out}", "tasks=[stack]", "episodes_per_family=1",
+         "episode_length=9", "videos_per_family=1", "rerun_per_family=1"])
+
+    report = json.loads((out / "eval.json").read_text())
+    stack = report["per_family"]["stack"]
+    assert stack["n_episodes"] == 1 and stack["episodes"][0]["steps"] == 9
+    assert 0.0 <= stack["ci_low"] <= stack["success_rate"] <= stack["ci_high"] <= 1.0
+    assert stack["episodes"][0]["chunks"] == 3  # 9 steps, a new chunk of 4 at steps 0, 4, 8
+
+    video = out / "videos" / "stack_0.mp4"
+    assert video.is_file() and video.stat().st_size > 1000
+
+    entities = _entities(out / "rerun" / "stack_0.rrd")
+    predicted = _values(entities[PREDICTED_ENTITY], "LineStrips3D:strips")
+    assert len(predicted) == 3  # one strip per predicted chunk
+    assert all(len(strip) == 4 for [strip] in predicted)  # chunk_size points each, forward kinematics in metres
+    assert all(np.isfinite(p).all() and math.dist(p, (0, 0, 0)) < 1.0 for [strip] in predicted for p in strip)
+    executed = _values(entities[EXECUTED_ENTITY], "LineStrips3D:strips")
+    assert [len(s) for [s] in executed] == list(range(2, 10))  # grows by one point per step
+    assert _values(entities["world/cameras/front/image"], "Image:buffer")  # camera streams are in the recording
+    assert _values(entities["world/objects"], "Boxes3D:centers")  # and the scene
+
+
+def test_train_policy_on_a_tuned_backbone_run_folder(checkpoint, tmp_path):
+    """`backbone_path` takes a `vst-vla sft/grpo` run folder and trains on its `final/` checkpoint."""
+    from vst_vla.backbone.build import build_backbone
+    from vst_vla.backbone.config import BackboneConfig
+
+    build_backbone(BackboneConfig(preset="tiny", device="cpu")).save_pretrained(tmp_path / "sft_run" / "final")
+    dataset = checkpoint.parents[3] / "ds"  # the module fixture's dataset
+    cli(["train-policy", f"dataset_root={dataset}", f"output_dir={tmp_path / 'train'}", "steps=1", "batch_size=2",
+         "save_freq=1", f"backbone_path={tmp_path / 'sft_run'}", f"policy_overrides.image_size=[{IMAGE},{IMAGE}]",
+         "policy_overrides.chunk_size=2", "+policy_overrides.num_steps=1"])
+    config = json.loads((tmp_path / "train" / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+    assert config["backbone_path"] == str(tmp_path / "sft_run" / "final")

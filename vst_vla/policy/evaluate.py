@@ -1,0 +1,315 @@
+"""`vst-vla eval-policy`: roll a LeRobot policy checkpoint out in the sim, per task family.
+
+The checkpoint is loaded with LeRobot's own loaders (`PreTrainedConfig.from_pretrained`, `make_policy`,
+`make_pre_post_processors(pretrained_path=...)`) and each step goes through the same preprocessing
+`lerobot-eval` uses (`preprocess_observation`, the task string, the env processors). Seeds are fixed
+per family and disjoint from `vst-vla collect`'s, so two checkpoints meet the same scenes.
+
+Outputs under `output_dir`: `eval.json` (success per family with a Wilson interval), a rich table on
+stdout, `videos/<family>_<k>.mp4` (front | wrist) and `rerun/<family>_<k>.rrd` showing the cameras,
+the scene ground truth, and every predicted action chunk as a 3D gripper path (forward kinematics of
+the joint targets) next to the path the gripper actually took.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+
+import mujoco
+import numpy as np
+import torch
+
+from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
+from lerobot_env_vst_vla.robot import JOINT_NAMES, MOTOR_KEYS, from_so101_units
+
+log = logging.getLogger(__name__)
+
+PREDICTED_ENTITY = "world/policy/predicted_chunk"
+EXECUTED_ENTITY = "world/policy/executed_path"
+EVAL_SEED_BASE = 1_000_000  # far above collect's seeds (base + 100_000·family + attempt)
+
+
+@dataclass
+class EvalPolicyConfig:
+    policy_path: str = "outputs/policy/train/checkpoints/last/pretrained_model"
+    tasks: list[str] = field(default_factory=lambda: list(FAMILIES))
+    episodes_per_family: int = 10
+    seed: int = EVAL_SEED_BASE
+    episode_length: int = 300
+    device: str = "cpu"
+    output_dir: str = "outputs/policy/eval"
+    videos_per_family: int = 2  # first k episodes of each family as mp4 (0: none)
+    rerun_per_family: int = 1  # first k episodes of each family as .rrd (0: none)
+    confidence: float = 0.95
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def eval_seed(base: int, family: str, k: int) -> int:
+    return base + 100_000 * sorted(FAMILIES).index(family) + k
+
+
+# ----------------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedPolicy:
+    policy: torch.nn.Module | None
+    preprocessor: object
+    postprocessor: object
+    cameras: list[str]
+    image_hw: tuple[int, int]
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> LoadedPolicy:
+    """A checkpoint folder (`.../pretrained_model`) through LeRobot's loaders, as lerobot-eval does."""
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+    from lerobot.utils.import_utils import register_third_party_plugins
+
+    register_third_party_plugins()  # policy types from plugins (vst_vla) must be registered before loading
+    cfg = PreTrainedConfig.from_pretrained(path)
+    cfg.pretrained_path = Path(path)
+    cfg.device = device
+    prefix = "observation.images."
+    cameras = [k[len(prefix):] for k in cfg.input_features if k.startswith(prefix)]
+    if not cameras:
+        raise ValueError(f"{path}: the policy reads no camera (observation.images.*); the sim eval needs one")
+    _, height, width = cfg.input_features[prefix + cameras[0]].shape
+    loaded = LoadedPolicy(None, None, None, cameras, (int(height), int(width)))
+    # As lerobot-eval: the env config supplies the action feature, the checkpoint its input features.
+    loaded.policy = make_policy(cfg, env_cfg=env_config(loaded, next(iter(FAMILIES))))
+    loaded.policy.eval()
+    loaded.preprocessor, loaded.postprocessor = make_pre_post_processors(
+        cfg, pretrained_path=str(path), preprocessor_overrides={"device_processor": {"device": device}})
+    return loaded
+
+
+def env_config(loaded: LoadedPolicy, family: str, episode_length: int = 300):
+    """Our LeRobot env config (`vst_tabletop`) matching the policy's cameras and image size."""
+    from lerobot_env_vst_vla.lerobot_config import VstTabletopEnv
+
+    return VstTabletopEnv(task=family, episode_length=episode_length, cameras=list(loaded.cameras),
+                          observation_height=loaded.image_hw[0], observation_width=loaded.image_hw[1])
+
+
+# ----------------------------------------------------------------------------------------- rollout
+class ChunkRecorder:
+    """Wraps `policy.predict_action_chunk` so each chunk `select_action` computes is kept (normalised)."""
+
+    def __init__(self, policy):
+        self.chunks: list[torch.Tensor] = []
+        self._inner = policy.predict_action_chunk
+
+        def recorded(*args, **kwargs):
+            chunk = self._inner(*args, **kwargs)
+            self.chunks.append(chunk.detach())
+            return chunk
+
+        policy.predict_action_chunk = recorded
+
+    def pop(self) -> torch.Tensor | None:
+        return self.chunks.pop() if self.chunks else None
+
+
+class GripperFK:
+    """Joint actions (so101 units) → grasp-site positions, on a scratch MjData so the sim is untouched."""
+
+    def __init__(self, model: mujoco.MjModel):
+        self.model, self.data = model, mujoco.MjData(model)
+        joints = [model.joint(j) for j in JOINT_NAMES]
+        self.qadr = np.array([j.qposadr[0] for j in joints])
+        self.low, self.high = model.jnt_range[[j.id for j in joints]].T  # the env clips targets the same way
+        self.site = model.site("grasp").id
+
+    def __call__(self, actions: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+        out = np.empty((len(actions), 3))
+        self.data.qpos[:] = qpos
+        for i, a in enumerate(actions):
+            self.data.qpos[self.qadr] = np.clip(from_so101_units(a), self.low, self.high)
+            mujoco.mj_kinematics(self.model, self.data)
+            out[i] = self.data.site_xpos[self.site]
+        return out
+
+
+def _batched(obs: dict) -> dict:
+    """A single env's observation as a batch of one, the shape a vector env hands to lerobot-eval."""
+    out = {"agent_pos": np.asarray(obs["agent_pos"])[None]}
+    if "pixels" in obs:
+        out["pixels"] = {cam: img[None] for cam, img in obs["pixels"].items()}
+    return out
+
+
+def _postprocess_chunk(post, chunk: torch.Tensor) -> np.ndarray:
+    """(1, T, A) normalised chunk → (T, A) actions in env units, one step at a time as lerobot-eval does."""
+    return np.stack([post(chunk[:, t]).to("cpu").numpy()[0] for t in range(chunk.shape[1])])
+
+
+def _env_processors(family: str, loaded: LoadedPolicy, episode_length: int):
+    """LeRobot's env pre/post processors for our env config (identity for vst_tabletop, kept for parity)."""
+    from lerobot.envs.factory import make_env_pre_post_processors
+
+    return make_env_pre_post_processors(env_config(loaded, family, episode_length), loaded.policy.config)
+
+
+def run_episode(loaded: LoadedPolicy, env: SpatialTabletopEnv, seed: int, env_pre, env_post,
+                video_path: Path | None = None, rrd_path: Path | None = None) -> dict:
+    """One rollout; returns success, steps and the number of predicted chunks."""
+    from lerobot.envs.utils import preprocess_observation
+
+    policy, pre, post = loaded.policy, loaded.preprocessor, loaded.postprocessor
+    recorder = ChunkRecorder(policy)
+    fk = GripperFK(env.model)
+    rec = _open_recording(rrd_path, env) if rrd_path else None
+    frames: list[np.ndarray] = []
+    executed: list[np.ndarray] = []
+
+    policy.reset()
+    obs, info = env.reset(seed=seed)
+    success, steps, n_chunks, t0 = bool(info.get("is_success", False)), 0, 0, time.perf_counter()
+    try:
+        while True:
+            executed.append(env.data.site("grasp").xpos.copy())
+            if video_path is not None:
+                frames.append(np.concatenate([obs["pixels"][c] for c in loaded.cameras], axis=1))
+            batch = preprocess_observation(_batched(obs))
+            batch["task"] = [env.task_description]
+            batch = pre(env_pre(batch))
+            with torch.inference_mode():
+                action = policy.select_action(batch)
+            action = env_post({"action": post(action)})["action"].to("cpu").numpy()[0]
+            chunk = recorder.pop()
+            if chunk is not None:
+                n_chunks += 1
+            if rec is not None:
+                _log_step(rec, env, obs, steps, action, np.array(executed),
+                          None if chunk is None else fk(_postprocess_chunk(post, chunk), env.data.qpos),
+                          log_static=steps == 0)
+            obs, _, terminated, truncated, info = env.step(action)
+            steps += 1
+            success = bool(info["is_success"])
+            if terminated or truncated:
+                break
+    finally:
+        policy.predict_action_chunk = recorder._inner  # unwrap: the policy is reused for the next episode
+        if rec is not None:
+            rec.flush()
+            rec.disconnect()
+    if video_path is not None:
+        from lerobot.utils.io_utils import write_video
+
+        video_path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(video_path, frames, fps=env.fps)
+    return {"seed": seed, "success": success, "steps": steps, "chunks": n_chunks,
+            "seconds": round(time.perf_counter() - t0, 3), "instruction": env.task_description}
+
+
+# ----------------------------------------------------------------------------------------- rerun
+def _open_recording(path: Path, env: SpatialTabletopEnv):
+    import rerun as rr
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = rr.RecordingStream("vst_vla", recording_id=path.stem)
+    rec.save(str(path))
+    return rec
+
+
+def _log_step(rec, env: SpatialTabletopEnv, obs: dict, step: int, action: np.ndarray, executed: np.ndarray,
+              predicted: np.ndarray | None, log_static: bool) -> None:
+    import rerun as rr
+
+    from vst_vla.viz.episode import log_scene_ground_truth
+
+    rec.set_time("step", sequence=step)
+    rec.set_time("time", duration=step / env.fps)
+    if log_static:
+        rec.log("instruction", rr.TextDocument(env.task_description), static=True)
+    # Cameras (images under their pinholes), table, objects and gripper: the viz stage's scene logger.
+    log_scene_ground_truth(rec, env.ground_truth(), images=obs.get("pixels"), log_static=log_static)
+    if len(executed) > 1:
+        rec.log(EXECUTED_ENTITY, rr.LineStrips3D([executed.astype(np.float32)], radii=[0.002],
+                                                 colors=[(40, 200, 80)], labels=["executed"]))
+    if predicted is not None:  # only when a new chunk was predicted: it stays visible until the next one
+        rec.log(PREDICTED_ENTITY, rr.LineStrips3D([predicted.astype(np.float32)], radii=[0.003],
+                                                  colors=[(230, 60, 200)], labels=["predicted chunk"]),
+                rr.Points3D(predicted.astype(np.float32), radii=[0.004], colors=[(230, 60, 200)]))
+    for name, value in zip(MOTOR_KEYS, action, strict=False):
+        rec.log(f"action/{name}", rr.Scalars(float(value)))
+
+
+# ----------------------------------------------------------------------------------------- report
+def _summarise(per_family: dict[str, list[dict]], confidence: float) -> dict:
+    out = {}
+    for family, episodes in per_family.items():
+        n, k = len(episodes), sum(e["success"] for e in episodes)
+        low, high = wilson_interval(k, n, confidence)
+        out[family] = {"n_episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
+                       "ci_low": low, "ci_high": high, "episodes": episodes}
+    n = sum(v["n_episodes"] for v in out.values())
+    k = sum(v["successes"] for v in out.values())
+    low, high = wilson_interval(k, n, confidence)
+    return {"per_family": out, "overall": {"n_episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
+                                           "ci_low": low, "ci_high": high}}
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    pct = f"{100 * report['confidence']:.0f}%"
+    table = Table(title=f"policy success — {report['policy_path']}")
+    for col in ("family", "episodes", "successes", "success", f"{pct} CI (Wilson)"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    rows = [*report["per_family"].items(), ("overall", report["overall"])]
+    for name, r in rows:
+        table.add_row(name, str(r["n_episodes"]), str(r["successes"]), f"{r['success_rate']:.2f}",
+                      f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
+    Console().print(table)
+
+
+def evaluate_policy(cfg: EvalPolicyConfig) -> dict:
+    unknown = [t for t in cfg.tasks if t not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; known task families: {sorted(FAMILIES)}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_policy(cfg.policy_path, cfg.device)
+    height, width = loaded.image_hw
+    per_family: dict[str, list[dict]] = {}
+    videos, recordings = [], []
+    for family in cfg.tasks:
+        env = SpatialTabletopEnv(task=family, cameras=tuple(loaded.cameras), observation_width=width,
+                                 observation_height=height, episode_length=cfg.episode_length, action_space="joint")
+        env_pre, env_post = _env_processors(family, loaded, cfg.episode_length)
+        per_family[family] = []
+        try:
+            for k in range(cfg.episodes_per_family):
+                video = out / "videos" / f"{family}_{k}.mp4" if k < cfg.videos_per_family else None
+                rrd = out / "rerun" / f"{family}_{k}.rrd" if k < cfg.rerun_per_family else None
+                result = run_episode(loaded, env, eval_seed(cfg.seed, family, k), env_pre, env_post, video, rrd)
+                per_family[family].append(result)
+                videos += [str(video)] if video else []
+                recordings += [str(rrd)] if rrd else []
+                log.info("%s episode %d: success=%s steps=%d", family, k, result["success"], result["steps"])
+        finally:
+            env.close()
+    report = {"policy_path": str(cfg.policy_path), "config": asdict(cfg), "confidence": cfg.confidence,
+              **_summarise(per_family, cfg.confidence), "videos": videos, "recordings": recordings}
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    _print_table(report)
+    print(f"eval report: {out / 'eval.json'}")
+    return report
