@@ -9,12 +9,19 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
 
-ensure_gl() {
-  if ldconfig -p | grep -q 'libEGL_mesa.so' && ldconfig -p | grep -q 'libOpenGL.so.0'; then return; fi
-  echo "[setup] installing Debian packages for offscreen GL (EGL/Mesa)"
+# Debian packages: offscreen GL for MuJoCo (EGL/Mesa) and FFmpeg 5 libraries for torchcodec, which
+# LeRobot uses to decode dataset videos (without them it prints tracebacks and falls back to pyav).
+ensure_system_packages() {
+  local missing=()
+  ldconfig -p | grep -q 'libEGL_mesa.so' || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+  ldconfig -p | grep -q 'libOpenGL.so.0' || missing+=(libopengl0)
+  ldconfig -p | grep -q 'libavutil.so.57' || missing+=(libavutil57 libavcodec59 libavformat59 libavdevice59 \
+    libavfilter8 libswscale6 libswresample4)
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "[setup] installing Debian packages: ${missing[*]}"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 find_python312() {
@@ -42,7 +49,7 @@ ensure_venv() {
   echo "$want" > "$stamp"
 }
 
-ensure_gl
+ensure_system_packages
 ensure_venv
 export MUJOCO_GL="${MUJOCO_GL:-egl}" PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
