@@ -6,9 +6,7 @@ import numpy as np
 
 from ..scene import ObjectSpec
 from .base import Episode, TaskFamily, place_objects, random_color, random_graspable, resting_on_table
-from .pick_relation import PHRASES, pick_by_relation
-
-RELATIONS = ("left of", "right of", "in front of", "behind", "nearest to", "farthest from")
+from .pick_relation import PHRASES, RELATIONS, pick_by_relation
 
 
 class StackByRelation(TaskFamily):
