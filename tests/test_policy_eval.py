@@ -38,8 +38,8 @@ def test_wilson_interval_edges():
 def test_train_config_becomes_lerobot_train_flags():
     args = lerobot_train_args(TrainPolicyConfig(
         policy_type="act", policy_overrides={"chunk_size": 10, "image_size": [56, 56], "use_vae": False},
-        steps=7, output_dir="/tmp/x"))
-    assert "--policy.type=act" in args and "--steps=7" in args and "--output_dir=/tmp/x" in args
+        steps=7, output_dir="runs/x"))
+    assert "--policy.type=act" in args and "--steps=7" in args and "--output_dir=runs/x" in args
     assert "--policy.image_size=[56,56]" in args and "--policy.use_vae=false" in args
     with pytest.raises(ValueError, match="vst_vla"):
         lerobot_train_args(TrainPolicyConfig(policy_type="act", backbone_path="/nowhere"))
