@@ -144,3 +144,10 @@ def test_mesh_robot_looks_different_but_moves_the_same():
     np.testing.assert_allclose(envs[0].data.qpos, envs[1].data.qpos, atol=1e-9)
     for e in envs:
         e.close()
+
+
+def test_expert_solves_stacking_through_ee_deltas_with_wrist_yaw():
+    """The end-effector action space with the optional wrist angle is complete enough to stack."""
+    env = SpatialTabletopEnv(task="stack", obs_type="agent_pos", action_space="ee_delta_yaw")
+    assert env.action_space.shape == (5,)
+    assert all(run_expert_episode(env, seed)["success"] for seed in (0, 1))

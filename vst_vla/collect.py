@@ -22,6 +22,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from tqdm import tqdm
 
 from lerobot_env_vst_vla import FAMILIES, ScriptedExpert, SpatialTabletopEnv
+from lerobot_env_vst_vla.env import ACTION_NAMES
 from lerobot_env_vst_vla.robot import MOTOR_KEYS
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,12 @@ def episode_seed(base: int, family: str, k: int) -> int:
 
 
 def dataset_features(cfg: CollectConfig) -> dict:
-    action_dim = 6 if cfg.action_space == "joint" else 4
-    action_names = list(MOTOR_KEYS) if cfg.action_space == "joint" else ["dx", "dy", "dz", "gripper_open"]
+    if cfg.action_space not in ACTION_NAMES:
+        raise ValueError(f"unknown action_space {cfg.action_space!r}; known: {list(ACTION_NAMES)}")
+    action_names = ACTION_NAMES[cfg.action_space]
     features = {
         "observation.state": {"dtype": "float32", "shape": (6,), "names": list(MOTOR_KEYS)},
-        "action": {"dtype": "float32", "shape": (action_dim,), "names": action_names},
+        "action": {"dtype": "float32", "shape": (len(action_names),), "names": action_names},
     }
     for cam in cfg.cameras:
         features[f"observation.images.{cam}"] = {

@@ -3,7 +3,8 @@
 Observations follow LeRobot's convention (`pixels` = {camera: HxWx3 uint8}, `agent_pos` = the six
 joint positions in so101_follower units). Actions are either absolute joint targets in those units
 (`joint`, what a policy trained here sends to the real arm) or end-effector deltas through IK
-(`ee_delta`: dx, dy, dz in metres and a gripper opening in [0, 1]).
+(`ee_delta`: dx, dy, dz in metres and a gripper opening in [0, 1]; `ee_delta_yaw` adds a wrist-yaw
+delta in radians before the gripper).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from .tasks.base import Episode, TaskFamily
 HOME_Q = np.array([0.0, -1.2, 1.05, 1.25, 0.0, 1.0])  # radians: arm raised over the table, jaws open
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, -0.15  # radians of the gripper joint
 MAX_EE_STEP = 0.02  # metres per control step in ee_delta mode
+MAX_YAW_STEP = 0.15  # radians per control step in ee_delta_yaw mode
+ACTION_NAMES = {
+    "joint": ["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos", "wrist_roll.pos", "gripper.pos"],
+    "ee_delta": ["dx", "dy", "dz", "gripper_open"],
+    "ee_delta_yaw": ["dx", "dy", "dz", "dyaw", "gripper_open"],
+}
 EE_BOUNDS = (np.array([0.06, -0.3, 0.005]), np.array([0.4, 0.3, 0.3]))  # reachable box for ee_delta targets
 
 
@@ -58,8 +65,8 @@ class SpatialTabletopEnv(gym.Env):
             raise ValueError(f"unknown task {task!r}; known task families: {sorted(FAMILIES)}")
         if obs_type not in ("pixels_agent_pos", "agent_pos"):
             raise ValueError(f"unknown obs_type {obs_type!r}: use 'pixels_agent_pos' or 'agent_pos'")
-        if action_space not in ("joint", "ee_delta"):
-            raise ValueError(f"unknown action_space {action_space!r}: use 'joint' or 'ee_delta'")
+        if action_space not in ACTION_NAMES:
+            raise ValueError(f"unknown action_space {action_space!r}; known: {list(ACTION_NAMES)}")
         unknown = set(cameras) - set(CAMERAS)
         if unknown:
             raise ValueError(f"unknown cameras {sorted(unknown)}; available: {CAMERAS}")
@@ -88,6 +95,7 @@ class SpatialTabletopEnv(gym.Env):
         _LIVE_ENVS.add(self)
         self.episode: Episode | None = None
         self._ee_target = np.zeros(3)
+        self._ee_yaw = 0.0  # jaw yaw relative to the arm's radial direction (ee_delta_yaw)
         self._steps = 0
 
         joint_lo, joint_hi = to_so101_units(self.model.jnt_range[[self.model.joint(j).id for j in JOINT_NAMES]].T)
@@ -95,8 +103,9 @@ class SpatialTabletopEnv(gym.Env):
         if action_space == "joint":
             self.action_space = gym.spaces.Box(self._joint_low, self._joint_high, dtype=np.float32)
         else:
-            self.action_space = gym.spaces.Box(np.array([-MAX_EE_STEP] * 3 + [0.0], np.float32),
-                                               np.array([MAX_EE_STEP] * 3 + [1.0], np.float32))
+            yaw = [MAX_YAW_STEP] if action_space == "ee_delta_yaw" else []
+            self.action_space = gym.spaces.Box(np.array([-MAX_EE_STEP] * 3 + [-y for y in yaw] + [0.0], np.float32),
+                                               np.array([MAX_EE_STEP] * 3 + yaw + [1.0], np.float32))
         spaces = {"agent_pos": gym.spaces.Box(-np.inf, np.inf, (6,), np.float64)}
         if obs_type == "pixels_agent_pos":
             spaces["pixels"] = gym.spaces.Dict({c: gym.spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
@@ -123,6 +132,7 @@ class SpatialTabletopEnv(gym.Env):
         for _ in range(3 * self.n_substeps):  # let objects settle on the table
             mujoco.mj_step(self.model, self.data)
         self._ee_target = self.data.site("grasp").xpos.copy()
+        self._ee_yaw = 0.0
         self._steps = 0
         return self._observation(), self._info()
 
@@ -236,9 +246,12 @@ class SpatialTabletopEnv(gym.Env):
             delta = np.clip(action[:3], -MAX_EE_STEP, MAX_EE_STEP)
             # targets outside the reachable box are clamped to it (documented safe behaviour)
             self._ee_target = np.clip(self._ee_target + delta, EE_BOUNDS[0], EE_BOUNDS[1])
-            yaw = np.arctan2(self._ee_target[1], self._ee_target[0])
+            if self.action_mode == "ee_delta_yaw":
+                self._ee_yaw = float(np.clip(self._ee_yaw + np.clip(action[3], -MAX_YAW_STEP, MAX_YAW_STEP),
+                                             -np.pi / 2, np.pi / 2))
+            yaw = np.arctan2(self._ee_target[1], self._ee_target[0]) + self._ee_yaw
             arm, _ = self.ik.solve(q_now[:5], self._ee_target, DlsIK.top_down(yaw), iters=10)
-            grip = GRIPPER_CLOSED + (GRIPPER_OPEN - GRIPPER_CLOSED) * float(np.clip(action[3], 0.0, 1.0))
+            grip = GRIPPER_CLOSED + (GRIPPER_OPEN - GRIPPER_CLOSED) * float(np.clip(action[-1], 0.0, 1.0))
             q = np.concatenate([arm, [grip]])
         lo, hi = self.model.actuator_ctrlrange.T
         return np.clip(q, lo, hi)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .env import GRIPPER_CLOSED, GRIPPER_OPEN, MAX_EE_STEP, SpatialTabletopEnv
+from .env import GRIPPER_CLOSED, GRIPPER_OPEN, MAX_EE_STEP, MAX_YAW_STEP, SpatialTabletopEnv
 from .robot import DlsIK, to_so101_units
 
 SPEED = 0.006  # metres per control step for the commanded grasp point (0.18 m/s at 30 fps)
@@ -117,6 +117,10 @@ class ScriptedExpert:
             return to_so101_units(np.concatenate([self.q_arm, [self.gripper]])).astype(np.float32)
         delta = np.clip(self.cmd - env._ee_target, -MAX_EE_STEP, MAX_EE_STEP)
         opening = (self.gripper - GRIPPER_CLOSED) / (GRIPPER_OPEN - GRIPPER_CLOSED)
+        if env.action_mode == "ee_delta_yaw":  # jaw yaw relative to the radial direction, wrapped to ±pi/2
+            rel = (yaw - np.arctan2(self.cmd[1], self.cmd[0]) + np.pi / 2) % np.pi - np.pi / 2
+            dyaw = np.clip(rel - env._ee_yaw, -MAX_YAW_STEP, MAX_YAW_STEP)
+            return np.array([*delta, dyaw, opening], dtype=np.float32)
         return np.array([*delta, opening], dtype=np.float32)
 
 

@@ -13,6 +13,7 @@ from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
+from .env import ACTION_NAMES
 from .scene import CAMERAS
 from .tasks import FAMILIES
 
@@ -46,7 +47,7 @@ class VstTabletopEnv(EnvConfig):
 
     def __post_init__(self):
         parse_families(self.task)
-        self.features[ACTION] = PolicyFeature(type=FeatureType.ACTION, shape=(6,) if self.action_space == "joint" else (4,))
+        self.features[ACTION] = PolicyFeature(type=FeatureType.ACTION, shape=(len(ACTION_NAMES[self.action_space]),))
         self.features["agent_pos"] = PolicyFeature(type=FeatureType.STATE, shape=(6,))
         self.features_map.update({ACTION: ACTION, "agent_pos": OBS_STATE})
         if self.obs_type == "pixels_agent_pos":
