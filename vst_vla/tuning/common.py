@@ -15,6 +15,7 @@ from typing import Optional
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 
 from vst_vla.backbone import BackboneConfig
 
@@ -71,13 +72,17 @@ def make_accelerator(run: RunSettings, grad_accum: int = 1) -> Accelerator:
     mp = run.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mp)
+    # a seedable sampler makes the data order a function of (seed, epoch), so a resumed run matches
+    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mp,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
 
-def backbone_config(backbone: BackboneConfig, run: RunSettings) -> BackboneConfig:
+def backbone_config(backbone: BackboneConfig, run: RunSettings, accelerator: Accelerator) -> BackboneConfig:
+    """The stage's backbone: the previous stage's `final/` when `init_from` is set, on this process's device."""
+    overrides = {"device": str(accelerator.device)}
     if run.init_from:
-        return BackboneConfig(**{**backbone.__dict__, "pretrained_path": run.init_from})
-    return backbone
+        overrides["pretrained_path"] = run.init_from
+    return BackboneConfig(**{**backbone.__dict__, **overrides})
 
 
 def param_groups(model: torch.nn.Module, lr_llm: float, lr_vision: float, weight_decay: float) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,8 +82,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     run = cfg.run
     accelerator = make_accelerator(run)
     set_seed(run.seed + accelerator.process_index)  # different rollouts on every process
-    bb_cfg = backbone_config(cfg.backbone, run)
-    backbone = build_backbone(BackboneConfig(**{**bb_cfg.__dict__, "device": str(accelerator.device)}))
+    backbone = build_backbone(backbone_config(cfg.backbone, run, accelerator))
     reference = copy.deepcopy(backbone.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     if cfg.lora.rank > 0:
         backbone.model = apply_lora(backbone.model, cfg.lora)
@@ -159,7 +157,6 @@ def train_grpo(cfg: GRPOConfig) -> Path:
 
 def reward_summary(output_dir: str | Path, fraction: float = 0.1) -> dict:
     """Mean reward over the first and last `fraction` of steps, from metrics.jsonl."""
-    rows = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines() if line]
-    rows = [r for r in rows if "reward" in r]
+    rows = [r for r in Curves(output_dir, enabled=False).read() if "reward" in r]
     k = max(1, int(len(rows) * fraction))
     return {"first": sum(r["reward"] for r in rows[:k]) / k, "last": sum(r["reward"] for r in rows[-k:]) / k}

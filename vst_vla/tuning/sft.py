@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -53,10 +53,8 @@ def apply_lora(model, lora: LoraSettings):
 def train_sft(cfg: SFTConfig) -> Path:
     run = cfg.run
     accelerator = make_accelerator(run, cfg.grad_accum)
-    accelerator.dataloader_config = DataLoaderConfiguration(use_seedable_sampler=True)
     set_seed(run.seed)
-    bb_cfg = backbone_config(cfg.backbone, run)
-    backbone = build_backbone(BackboneConfig(**{**bb_cfg.__dict__, "device": str(accelerator.device)}))
+    backbone = build_backbone(backbone_config(cfg.backbone, run, accelerator))
     if cfg.lora.rank > 0:
         backbone.model = apply_lora(backbone.model, cfg.lora)
     rows = load_rows(cfg.data, cfg.split, cfg.cot, max_samples=cfg.max_samples)
