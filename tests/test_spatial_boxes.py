@@ -103,13 +103,33 @@ def test_world_box_to_camera_for_mujoco_camera_looking_down():
     box = world_box_to_camera([0.1, 0.2, 0.0], np.eye(3), [0.3, 0.2, 0.1], pose)
     # Camera frame (X right, Y down, Z forward): world +Y is image-up, i.e. camera -Y; depth 1 m.
     np.testing.assert_allclose(box[:3], [0.1, -0.2, 1.0], atol=1e-12)
-    np.testing.assert_allclose(box[3:6], [0.3, 0.2, 0.1])
+    # Gravity-aligned (VST): the object's height (0.1, world z) is y_size; it points along the view here.
+    np.testing.assert_allclose(box[3:6], [0.3, 0.1, 0.2])
     assert np.all(np.abs(box[6:]) <= 1.0)
+    np.testing.assert_allclose(box_rotation(box)[:, 1], [0.0, 0.0, 1.0], atol=1e-12)
     # Pixel of the centre by MuJoCo's pinhole (u right, v down, f from fovy): independent formula.
     intr = intrinsics_from_fov(90.0, 90.0, 200, 200)
     u = intr.cx + intr.fx * 0.1 / 1.0
     v = intr.cy - intr.fy * 0.2 / 1.0
     np.testing.assert_allclose(project_points(box[:3], intr)[0], [u, v])
+
+
+@pytest.mark.parametrize("yaw_deg", [0.0, 30.0, 80.0, 135.0])
+def test_upright_object_seen_by_a_level_camera_has_its_height_in_y_size(yaw_deg):
+    # VST's parametrisation (vst/prerpocess_box3d.py): sizes along the camera-frame axes at zero angles,
+    # Y down, so a level camera sees an upright object's height in y_size with near-zero pitch and roll.
+    # A level MuJoCo camera looking along world +X: camera -Z = world +X, camera +Y = world +Z.
+    cam_rot = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # columns: cam x, y, z in world
+    pose = pose_from_mujoco([0.0, 0.0, 0.5], cam_rot.ravel())
+    obj_rot = Rotation.from_euler("z", yaw_deg, degrees=True).as_matrix()
+    size = np.array([0.04, 0.08, 0.12])  # 12 cm tall
+    box = world_box_to_camera([1.0, 0.1, 0.5], obj_rot, size, pose)
+    assert box[4] == pytest.approx(0.12)
+    assert sorted(box[[3, 5]]) == pytest.approx([0.04, 0.08])
+    pitch, yaw, roll = box[6:]
+    assert abs(pitch) < 1e-9 and abs(roll) < 1e-9
+    assert abs(yaw) <= 0.25 + 1e-9  # the relabelling with the smallest turn: within ±45°
+    np.testing.assert_allclose(box[:3], [-0.1, 0.0, 1.0], atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(5))

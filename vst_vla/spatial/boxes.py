@@ -141,22 +141,64 @@ def pose_from_mujoco(cam_xpos: np.ndarray, cam_xmat: np.ndarray) -> np.ndarray:
     return pose
 
 
+# World "down" in MuJoCo (z up): VST's boxes are gravity-aligned, their y axis points along it.
+WORLD_DOWN = np.array([0.0, 0.0, -1.0])
+
+
+def _signed_permutations() -> list[np.ndarray]:
+    """The 24 proper rotations that relabel and flip box axes (signed permutation matrices, det +1)."""
+    out = []
+    for perm in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+        for signs in np.ndindex(2, 2, 2):
+            p = np.zeros((3, 3))
+            for j, (i, s) in enumerate(zip(perm, signs, strict=True)):
+                p[i, j] = -1.0 if s else 1.0
+            if np.linalg.det(p) > 0:
+                out.append(p)
+    return out
+
+
+_RELABELLINGS = _signed_permutations()
+
+
+def gravity_aligned_axes(rot_cv: np.ndarray, size: np.ndarray, down_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same box with its axes relabelled as VST's data has them.
+
+    VST's boxes (Yangr116/vst `vst/prerpocess_box3d.py`, from Omni3D-style annotations) give the sizes
+    along the box axes "when the rotation angles are zero", in the camera frame (y down): an upright
+    object seen by a level camera has its height in y_size and near-zero angles. So the box axis closest
+    to gravity becomes +y (pointing down), and of the labellings left the one with the smallest rotation
+    from the camera axes is used (yaw within ±45° for a level camera). The box itself does not change.
+    """
+    best, best_key = None, None
+    for p in _RELABELLINGS:
+        r = rot_cv @ p
+        key = (round(float(r[:, 1] @ down_cv), 9), round(float(np.trace(r)), 9))
+        if best_key is None or key > best_key:
+            best, best_key = p, key
+    return rot_cv @ best, np.abs(best.T) @ np.asarray(size, dtype=float)
+
+
 def world_box_to_camera(
-    center: np.ndarray, rotation: np.ndarray, size: np.ndarray, world_from_camera: np.ndarray
+    center: np.ndarray, rotation: np.ndarray, size: np.ndarray, world_from_camera: np.ndarray,
+    world_down: np.ndarray = WORLD_DOWN,
 ) -> np.ndarray:
     """A VST box (camera frame) for an object given in the world frame.
 
     `center` (3,); `rotation` (3x3, world-from-object: the object's axes as columns in world
     coordinates); `size` (3,) full extents along the object's own axes; `world_from_camera` is a 4x4
-    pose in MuJoCo's camera convention (the camera looks along its -Z with +Y up).
+    pose in MuJoCo's camera convention (the camera looks along its -Z with +Y up). The box axes are
+    relabelled gravity-aligned (`gravity_aligned_axes`), as in VST's released data.
     """
     pose = np.asarray(world_from_camera, dtype=float)
     world_from_cv = pose[:3, :3] @ MUJOCO_FROM_OPENCV
     center_cv = world_from_cv.T @ (np.asarray(center, dtype=float) - pose[:3, 3])
     rot_cv = world_from_cv.T @ np.asarray(rotation, dtype=float)
+    down_cv = world_from_cv.T @ np.asarray(world_down, dtype=float)
+    rot_cv, size = gravity_aligned_axes(rot_cv, size, down_cv / np.linalg.norm(down_cv))
     angles = Rotation.from_matrix(rot_cv).as_euler("xyz", degrees=True) / 180.0
     angles = np.where(angles >= 1.0, angles - 2.0, angles)  # keep the open interval (-1, 1)
-    return np.concatenate([center_cv, np.asarray(size, dtype=float), angles])
+    return np.concatenate([center_cv, size, angles])
 
 
 # Corner index pairs of the 12 edges: corners differing in exactly one bit.
