@@ -48,9 +48,9 @@ def test_perfect_answers_score_one(rows):
     assert result["skills"]["measurement_distance"]["mra"] == 1.0
 
 
-def test_missing_wrong_and_garbage_predictions(rows):
+def test_missing_wrong_and_garbage_predictions_lenient(rows):
     preds = {"q0": "A", "q1": "A", "q4": "20 cm", "q5": "0.27 m", "q6": "<think>x</think>0.33", "q8": "not json {"}
-    result = evaluate(rows, preds)
+    result = evaluate(rows, preds, scoring="lenient")
     dc = result["skills"]["depth_comparison_points"]
     assert dc["accuracy"] == 0.25 and dc["answered"] == 2 and dc["mra"] is None  # 1 right, 1 wrong, 2 missing
     md = result["skills"]["measurement_distance"]
@@ -62,11 +62,46 @@ def test_missing_wrong_and_garbage_predictions(rows):
     assert result["score"] == pytest.approx(np.mean([0.25, md["mra"], 0.0]))
 
 
-def test_score_row_never_raises(rows):
-    for pred in (None, "", "\x00", "[[[", "1e999 m", "B" * 10_000):
-        for row in rows:
-            s = score_row(row, pred)
-            assert 0.0 <= s["accuracy"] <= 1.0 and 0.0 <= s.get("mra", 0.0) <= 1.0
+def test_official_scoring_is_vsts_eval_code(rows):
+    """VST's benchmark/eval_vsibench.py: first word (full stops stripped) must be the letter; float() of
+    the first word, MRA with <=; no unit conversion, no think stripping."""
+    mc, num = rows[0], rows[4]  # choice A; 0.2 m
+    for pred, expected in (("A", 1), ("A.", 1), ("a", 1), ("A because", 1), ("(A)", 0), ("Option A", 0),
+                           ("point A", 0), ("B", 0), ("<think>x</think>A", 0)):
+        assert score_row(mc, pred)["accuracy"] == expected, pred
+    assert score_row(mc, "(A)", scoring="lenient")["accuracy"] == 1.0  # the reward's reading stays lenient
+    for pred, expected in (("0.2", 1.0), ("0.2 m", 1.0), ("20 cm", 0.0), ("0.3", 0.1), ("about 0.2", 0.0)):
+        assert score_row(num, pred)["mra"] == pytest.approx(expected), pred
+    assert score_row(num, "20 cm", scoring="lenient")["mra"] == 1.0
+    # the issue's example: 3 for 2 passes theta = 0.5 under "<=" (0.1), not 0.0 as with "<"
+    three = _row(9, "counting", "number", "2", {"value": 2})
+    assert score_row(three, "3")["mra"] == pytest.approx(0.1)
+
+
+def test_official_mra_matches_vsi_bench_formula_exactly():
+    from vst_vla.spatial.official import mean_relative_accuracy
+    from vst_vla.spatial.rewards import mra
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # same thresholds, same float comparisons, lenient or not
+        gt = float(rng.choice([0.2, 2.0, 4.0, 10.0, 31.0]))
+        pred = round(gt * float(rng.uniform(0.3, 1.7)), int(rng.integers(0, 3)))
+        conf = np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2))
+        assert mean_relative_accuracy(pred, gt) == float((abs(pred - gt) / gt <= 1 - conf).mean())
+        assert mra(pred, gt) == mean_relative_accuracy(pred, gt)
+
+
+def test_score_row_never_raises_on_predictions_but_on_broken_ground_truth(rows):
+    from vst_vla.spatial.rewards import GroundTruthError
+
+    for scoring in ("official", "lenient"):
+        for pred in (None, "", "\x00", "[[[", "1e999 m", "nan", "inf", "B" * 10_000):
+            for row in rows:
+                s = score_row(row, pred, scoring)
+                assert 0.0 <= s["accuracy"] <= 1.0 and 0.0 <= s.get("mra", 0.0) <= 1.0
+    broken = {**rows[0], "ground_truth": json.dumps({"options": {"A": "x"}})}
+    with pytest.raises(GroundTruthError):
+        score_row(broken, "A")
 
 
 def test_run_eval_with_answer_fn_writes_predictions_and_json_line(dataset_dir, tmp_path, capsys):
@@ -119,7 +154,7 @@ def test_benchmark_files_vsi_and_cv_bench(tmp_path):
     result = run_eval(SpatialEvalConfig(dataset=str(vsi), benchmark="vsi_bench", predictions=str(preds)))
     assert result["skills"]["relative_direction"]["score"] == 1.0
     counting = result["skills"]["object_counting"]
-    assert counting["accuracy"] == 0.0 and counting["score"] == pytest.approx(0.5)  # MRA of 5 for 4 (25 % off)
+    assert counting["accuracy"] == 0.0 and counting["score"] == pytest.approx(0.6)  # MRA of 5 for 4 (25 % off, <=)
 
     (tmp_path / "img.png").write_bytes(b"")
     cv = tmp_path / "cv.jsonl"
@@ -127,8 +162,11 @@ def test_benchmark_files_vsi_and_cv_bench(tmp_path):
                               "choices": ["x", "y"], "answer": "(A)", "filename": "img.png"}) + "\n")
     cv_preds = tmp_path / "cvp.jsonl"
     cv_preds.write_text(json.dumps({"id": "0", "prediction": "(A) x"}) + "\n")
-    result = run_eval(SpatialEvalConfig(dataset=str(cv), benchmark="cv_bench", predictions=str(cv_preds)))
+    result = run_eval(SpatialEvalConfig(dataset=str(cv), benchmark="cv_bench", predictions=str(cv_preds),
+                                        scoring="lenient"))
     assert result["skills"]["depth"]["accuracy"] == 1.0
+    result = run_eval(SpatialEvalConfig(dataset=str(cv), benchmark="cv_bench", predictions=str(cv_preds)))
+    assert result["skills"]["depth"]["accuracy"] == 0.0  # official: the first word "(A)" is not "A"
 
 
 def test_predict_checks_answer_count(rows):

@@ -13,6 +13,8 @@ from vst_vla.spatial.rewards import (
     extract_answer,
     extract_choice,
     format_reward,
+    GroundTruthError,
+    check_ground_truth,
     mra,
     parse_boxes,
     parse_number,
@@ -197,12 +199,14 @@ def test_reward_combines_accuracy_and_format():
     [
         (10.0, 10.0, 1.0),
         (10.4, 10.0, 1.0),  # 4 % off passes every threshold
-        (11.0, 10.0, 0.8),  # 10 % off: 1 - θ > 0.1 for θ = 0.50 .. 0.85
+        (11.0, 10.0, 0.9),  # 10 % off: VSI-Bench's float thresholds let θ = 0.9 pass too (as its code does)
         (12.0, 10.0, 0.6),  # 20 % off: θ = 0.50 .. 0.75
         (14.9, 10.0, 0.1),
-        (15.0, 10.0, 0.0),  # strict "<": 50 % off fails θ = 0.5
+        (15.0, 10.0, 0.1),  # VSI-Bench's "<=": 50 % off passes θ = 0.5
+        (3.0, 2.0, 0.1),  # the example
+        (15.1, 10.0, 0.0),
         (30.0, 10.0, 0.0),
-        ("about 11 meters", 10.0, 0.8),
+        ("about 11 meters", 10.0, 0.9),
         ("<think>x</think>12", 10.0, 0.6),
         ("no idea", 10.0, 0.0),
         (float("nan"), 10.0, 0.0),
@@ -232,25 +236,30 @@ _texts = (
     | st.builds(lambda j: json.dumps(j, allow_nan=True), _json_junk)
     | st.sampled_from(["1e999", "-1e999", "nan", "9" * 5000, "(B)", "0.0", "<answer></answer>", "```json"])
 )
-_ground_truths = st.one_of(
-    st.fixed_dictionaries(
-        {
-            "choice": st.text(max_size=2),
-            "options": st.dictionaries(st.text(max_size=2), st.text(max_size=10), max_size=5),
-        }
-    ),
-    st.fixed_dictionaries({"value": _floats}, optional={"unit": st.sampled_from(["m", "cm", "mm", "", "parsecs"])}),
-    st.fixed_dictionaries({"boxes": st.lists(_box_entry, max_size=4)}),
-    st.fixed_dictionaries({"text": st.text(max_size=20)}),
+_bad_ground_truths = st.one_of(
     _json_junk.map(lambda j: j if isinstance(j, dict) else {"junk": j}),
     st.text(max_size=30),  # a malformed JSON string
 )
-_answer_types = st.sampled_from(["multiple_choice", "number", "boxes_3d", "text", "unknown"])
+_ground_truths = st.one_of(
+    st.tuples(st.just("multiple_choice"), st.fixed_dictionaries(
+        {
+            "choice": st.sampled_from(["A", "B", "C"]),
+            "options": st.dictionaries(st.text(max_size=2), st.text(max_size=10), max_size=5),
+        }
+    )),
+    st.tuples(st.just("number"), st.fixed_dictionaries(
+        {"value": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**6), 10**6)},
+        optional={"unit": st.sampled_from(["m", "cm", "mm", "", "parsecs"])})),
+    st.tuples(st.just("boxes_3d"), st.fixed_dictionaries({"boxes": st.lists(st.fixed_dictionaries(
+        {"label": st.text(max_size=5), "bbox_3d": st.lists(st.floats(-5, 5), min_size=9, max_size=9)}), max_size=4)})),
+    st.tuples(st.just("text"), st.fixed_dictionaries({"text": st.text(max_size=20)})),
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=_texts, answer_type=_answer_types, gt=_ground_truths, require_think=st.booleans())
-def test_scores_never_raise_and_stay_in_unit_interval(text, answer_type, gt, require_think):
+@given(text=_texts, typed_gt=_ground_truths, require_think=st.booleans())
+def test_scores_never_raise_on_model_output_and_stay_in_unit_interval(text, typed_gt, require_think):
+    answer_type, gt = typed_gt
     for value in (
         accuracy(text, answer_type, gt),
         reward(text, answer_type, gt, require_think=require_think),
@@ -259,9 +268,43 @@ def test_scores_never_raise_and_stay_in_unit_interval(text, answer_type, gt, req
         assert isinstance(value, float) and 0.0 <= value <= 1.0
 
 
+@settings(max_examples=100, deadline=None)
+@given(text=_texts, answer_type=st.sampled_from(["multiple_choice", "number", "boxes_3d", "text"]),
+       gt=_bad_ground_truths)
+def test_malformed_ground_truth_raises_instead_of_scoring_zero(text, answer_type, gt):
+    # a broken dataset must not pass as a model that is always wrong
+    try:
+        check_ground_truth(answer_type, gt)
+    except GroundTruthError:
+        with pytest.raises(GroundTruthError):
+            accuracy(text, answer_type, gt)
+    else:  # junk that happens to be well-formed for this type
+        assert 0.0 <= accuracy(text, answer_type, gt) <= 1.0
+
+
+def test_ground_truth_errors_name_the_problem():
+    with pytest.raises(GroundTruthError, match="choice"):
+        accuracy("A", "multiple_choice", {"options": {"A": "x"}})
+    with pytest.raises(GroundTruthError, match="finite"):
+        accuracy("3", "number", {"value": float("nan")})
+    with pytest.raises(GroundTruthError, match="9 finite"):
+        accuracy("[]", "boxes_3d", {"boxes": [{"label": "a", "bbox_3d": [1, 2]}]})
+    with pytest.raises(GroundTruthError, match="unknown answer type"):
+        reward("A", "essay", {"text": "x"})
+    with pytest.raises(GroundTruthError):
+        mra("3", float("inf"))
+
+
+def test_parse_boxes_reads_a_single_json_object():
+    one = {"label": "red cube", "bbox_3d": [0.1, 0.0, 0.5, 0.03, 0.03, 0.03, 0.0, 0.0, 0.0]}
+    for text in (json.dumps(one), "```json\n" + json.dumps(one) + "\n```", "The box: " + json.dumps(one)):
+        assert parse_boxes(text) == [{"label": "red cube", "bbox_3d": one["bbox_3d"]}], text
+    assert accuracy(json.dumps(one), "boxes_3d", {"boxes": [one]}) == pytest.approx(1.0)
+
+
 @settings(max_examples=200, deadline=None)
-@given(pred=_texts | _floats, gt=_floats)
-def test_mra_never_raises(pred, gt):
+@given(pred=_texts | _floats, gt=st.floats(allow_nan=False, allow_infinity=False))
+def test_mra_never_raises_on_model_output(pred, gt):
     value = mra(pred, gt)
     assert isinstance(value, float) and 0.0 <= value <= 1.0
 

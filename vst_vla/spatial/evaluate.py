@@ -1,8 +1,10 @@
 """`vst-vla spatial-eval`: score model answers on the sim spatial benchmark or a VSI / MMSI / CV-Bench file.
 
-The core is `evaluate(dataset, predictions) -> dict`: per skill, the VST accuracy
-(`rewards.accuracy`: letter, 5 %-relaxed number, 3D box score, exact text) and, for numeric
-answers, VSI-Bench's MRA; a skill's `score` is MRA for numeric skills and accuracy otherwise, and the
+The core is `evaluate(dataset, predictions, scoring) -> dict`: per skill, the accuracy and, for numeric
+answers, VSI-Bench's MRA. `scoring="official"` (the default) follows VST's evaluation code exactly
+(`official.py`: first word must be the letter, `float()` of the first word, MRA with `<=`);
+`scoring="lenient"` uses the training reward's parsing (`rewards.accuracy`: "(B)", option text,
+units converted), useful to see what a model means when its format is off; a skill's `score` is MRA for numeric skills and accuracy otherwise, and the
 overall `score` is the mean over skills (VSI-Bench's average over question types). Predictions come
 from a JSONL file of `{"id": ..., "prediction": ...}`, or from `answer_fn(rows) -> list[str]` (what a
 `--model` option plugs in: `run_eval(cfg, answer_fn=...)`). Missing predictions score 0.
@@ -20,9 +22,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from vst_vla.spatial.rewards import accuracy, extract_answer, mra, parse_number
+from vst_vla.spatial import official
+from vst_vla.spatial.rewards import accuracy, check_ground_truth, extract_answer, mra, parse_number
 
 AnswerFn = Callable[[list[dict]], list[str]]
+SCORINGS = ("official", "lenient")
 
 
 @dataclass
@@ -37,7 +41,9 @@ class SpatialEvalConfig:
     # a Qwen2.5-VL checkpoint folder (e.g. a tuning stage's final/): generate the answers with it
     # (greedy) instead of reading `predictions`, which then receives them
     model: str | None = None
-    max_new_tokens: int = 128
+    # None: sized from the evaluated reference answers, per answer type (`generation_budgets`)
+    max_new_tokens: int | None = None
+    scoring: str = "official"  # official (VST's eval code) | lenient (the training reward's parsing)
 
 
 def load_eval_dataset(cfg: SpatialEvalConfig) -> datasets.Dataset:
@@ -82,24 +88,32 @@ def predict(dataset: datasets.Dataset, answer_fn: AnswerFn, batch_size: int = 8)
     return preds
 
 
-def score_row(row: dict, prediction: str | None) -> dict:
-    """accuracy (and mra for numeric answers) of one prediction; a missing one scores 0."""
-    gt = json.loads(row["ground_truth"])
-    out = {"accuracy": 0.0 if prediction is None else accuracy(prediction, row["answer_type"], gt)}
+def score_row(row: dict, prediction: str | None, scoring: str = "official") -> dict:
+    """accuracy (and mra for numeric answers) of one prediction; a missing one scores 0.
+
+    Never raises on the prediction; raises `rewards.GroundTruthError` on a malformed ground truth."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    gt = check_ground_truth(row["answer_type"], row["ground_truth"])
+    if prediction is None:
+        return {"accuracy": 0.0, **({"mra": 0.0} if row["answer_type"] == "number" else {})}
+    if scoring == "official":
+        return official.score(prediction, row["answer_type"], gt)
+    out = {"accuracy": accuracy(prediction, row["answer_type"], gt)}
     if row["answer_type"] == "number":
-        value = None if prediction is None else parse_number(extract_answer(prediction), gt.get("unit"))
+        value = parse_number(extract_answer(prediction), gt.get("unit"))
         out["mra"] = 0.0 if value is None else mra(value, float(gt["value"]))
     return out
 
 
-def evaluate(dataset: datasets.Dataset | list[dict], predictions: dict[str, str]) -> dict:
+def evaluate(dataset: datasets.Dataset | list[dict], predictions: dict[str, str], scoring: str = "official") -> dict:
     """Per-skill and overall scores of `predictions` ({id: text}) on `dataset`'s rows."""
     per = defaultdict(lambda: {"n": 0, "answered": 0, "accuracy": [], "mra": [], "scenario": ""})
     for row in dataset:
         s = per[row["skill"]]
         s["scenario"] = row["scenario"]
         pred = predictions.get(str(row["id"]))
-        scores = score_row(row, pred)
+        scores = score_row(row, pred, scoring)
         s["n"] += 1
         s["answered"] += pred is not None
         s["accuracy"].append(scores["accuracy"])
@@ -116,6 +130,7 @@ def evaluate(dataset: datasets.Dataset | list[dict], predictions: dict[str, str]
     return {
         "n": n,
         "answered": sum(s["answered"] for s in skills.values()),
+        "scoring": scoring,
         "accuracy": float(np.mean([a for s in per.values() for a in s["accuracy"]])) if n else 0.0,
         "score": float(np.mean([s["score"] for s in skills.values()])) if skills else 0.0,
         "skills": skills,
@@ -140,20 +155,55 @@ def print_results(result: dict, title: str = "spatial-eval") -> None:
     print(json.dumps(result))
 
 
-def model_answer_fn(cfg: SpatialEvalConfig) -> AnswerFn:
-    """Greedy answers from a local checkpoint, images resolved under the evaluated dataset's folder."""
-    from vst_vla.backbone import BackboneConfig, build_backbone, generate_answers
+class ModelAnswers:
+    """Greedy answers from a local checkpoint, images resolved under the evaluated dataset's folder.
 
-    backbone = build_backbone(BackboneConfig(pretrained_path=cfg.model, device="auto"))
-    root = cfg.media_root or (str(Path(cfg.dataset).parent) if cfg.benchmark else cfg.dataset)
-    return lambda rows: generate_answers(backbone, rows, root, max_new_tokens=cfg.max_new_tokens)
+    Each answer type gets its own token budget (`cfg.max_new_tokens`, or sized from the evaluated
+    rows' reference answers), and the answers that hit it are counted: `truncation_rate`."""
+
+    def __init__(self, cfg: SpatialEvalConfig, dataset: datasets.Dataset | None = None):
+        from vst_vla.backbone import BackboneConfig, build_backbone
+        from vst_vla.tuning.rollouts import answer_budgets
+
+        self.backbone = build_backbone(BackboneConfig(pretrained_path=cfg.model, device="auto"))
+        self.root = cfg.media_root or (str(Path(cfg.dataset).parent) if cfg.benchmark else cfg.dataset)
+        self.fixed = cfg.max_new_tokens
+        self.budgets = {} if cfg.max_new_tokens or dataset is None else answer_budgets(self.backbone.tokenizer, dataset)
+        self.answered = self.truncated = 0
+
+    def budget(self, answer_type: str) -> int:
+        return self.fixed or self.budgets.get(answer_type) or max(self.budgets.values(), default=128)
+
+    def __call__(self, rows: list[dict]) -> list[str]:
+        from vst_vla.tuning.rollouts import generate
+
+        answers: list[str | None] = [None] * len(rows)
+        by_type = defaultdict(list)
+        for i, row in enumerate(rows):
+            by_type[row["answer_type"]].append(i)
+        for kind, idx in by_type.items():
+            out = generate(self.backbone.model, self.backbone, [rows[i] for i in idx], self.root,
+                           self.budget(kind), do_sample=False)
+            for i, text in zip(idx, out.texts, strict=True):
+                answers[i] = text
+            self.answered += len(idx)
+            self.truncated += int(out.truncated.sum())
+        return answers
+
+    @property
+    def truncation_rate(self) -> float:
+        return self.truncated / self.answered if self.answered else 0.0
+
+
+def model_answer_fn(cfg: SpatialEvalConfig, dataset: datasets.Dataset | None = None) -> ModelAnswers:
+    return ModelAnswers(cfg, dataset)
 
 
 def run_eval(cfg: SpatialEvalConfig, answer_fn: AnswerFn | None = None) -> dict:
     """The CLI stage: load the questions, get predictions (file, model or `answer_fn`), score and report."""
-    if answer_fn is None and cfg.model:
-        answer_fn = model_answer_fn(cfg)
     dataset = load_eval_dataset(cfg)
+    if answer_fn is None and cfg.model:
+        answer_fn = model_answer_fn(cfg, dataset)
     if answer_fn is not None:
         predictions = predict(dataset, answer_fn, cfg.batch_size)
         Path(cfg.predictions).parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +219,10 @@ def run_eval(cfg: SpatialEvalConfig, answer_fn: AnswerFn | None = None) -> dict:
     if unknown:
         print(f"spatial-eval: {len(unknown)} predictions have ids not in the dataset (ignored), "
               f"e.g. {sorted(unknown)[:3]}", file=sys.stderr)
-    result = evaluate(dataset, predictions)
+    result = evaluate(dataset, predictions, cfg.scoring)
+    if isinstance(answer_fn, ModelAnswers):  # answers cut by the budget score 0: say how many
+        result["truncation_rate"] = answer_fn.truncation_rate
+        result["budgets"] = {k: answer_fn.budget(k) for k in sorted({r["answer_type"] for r in dataset})}
     result["dataset"] = cfg.dataset if cfg.benchmark else f"{cfg.dataset}:{cfg.split}"
     print_results(result, f"spatial-eval {result['dataset']}")
     if cfg.output:

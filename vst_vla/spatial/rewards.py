@@ -1,9 +1,13 @@
-"""VST's rule-based rewards and benchmark scores. Nothing here raises on model output.
+"""VST's rule-based rewards (the GRPO stage) and the lenient scores. Nothing here raises on model output;
+a malformed ground truth raises (`GroundTruthError`), so a broken dataset is never a silent 0.
 
 reward = 0.5 * accuracy + 0.5 * format (VST-R RL stage). Accuracy is an exact match of the (normalised)
 answer first, then by answer type: multiple-choice letter, relaxed numeric (<= 5 % relative error),
 3D boxes (0.5 * Hungarian-matched mean oriented 3D IoU + 0.5 * F1 at IoU 0.25) or normalised text.
-`mra` is VSI-Bench's mean relative accuracy for numeric answers.
+The parsing is deliberately *lenient* ("(B)", "Option B", the option's text, "31 cm" for a metre
+answer all count): a reward should pay for the right content in any reasonable form. Benchmark numbers
+use `official.py` instead, which is VST's evaluation code rule for rule.
+`mra` is VSI-Bench's mean relative accuracy for numeric answers (its `<=`, its thresholds).
 
 Ground truths are the dicts of `schema.SpatialSample.ground_truth`:
 {"choice": "B", "options": {...}} | {"value": 0.31, "unit": "m"} | {"boxes": [{"label", "bbox_3d"}]}
@@ -24,7 +28,6 @@ from vst_vla.spatial.boxes import box_iou_3d
 
 IOU_MATCH_THRESHOLD = 0.25
 NUMERIC_TOLERANCE = 0.05
-MRA_THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))
 # Boxes beyond this many in one prediction are never matched (still counted as false positives);
 # it bounds the cost of scoring a runaway generation.
 MAX_PRED_BOXES = 256
@@ -54,8 +57,12 @@ _UNITS = {name: scale for scale, names in _UNIT_SPELLINGS.items() for name in na
 _UNIT_RE = re.compile(r"\s*(" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 
 
+class GroundTruthError(ValueError):
+    """A ground truth that does not fit its answer type: a dataset bug, never scored as a 0."""
+
+
 def _never_raises(fn: Callable[..., float]) -> Callable[..., float]:
-    """Scores are rewards: any failure on odd model output is a 0, never an exception."""
+    """For functions of model text only: any failure on odd model output is a 0, never an exception."""
 
     def wrapped(*args, **kwargs) -> float:
         try:
@@ -157,14 +164,18 @@ def _finite_floats(values: list) -> list[float] | None:
 
 
 def parse_boxes(text: str) -> list[dict]:
-    """`[{"label", "bbox_3d"}]` from a JSON answer (possibly in ```json fences); invalid entries dropped."""
+    """`[{"label", "bbox_3d"}]` from a JSON answer (possibly in ```json fences): a list of boxes or one
+    box object; invalid entries dropped."""
     text = str(text)
     fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
-    body = fence.group(1) if fence else text
+    body = (fence.group(1) if fence else text).strip()
+    candidates = []
     start, end = body.find("["), body.rfind("]")
-    candidates = [body[start : end + 1]] if 0 <= start < end else []
-    if "{" in body:
-        candidates.append(body[body.find("{") : body.rfind("}") + 1])
+    if 0 <= start < end:
+        candidates.append(body[start : end + 1])
+    if "{" in body:  # one object, or a list whose brackets the slice above got wrong
+        obj = body[body.find("{") : body.rfind("}") + 1]
+        candidates.insert(0 if body.startswith("{") else len(candidates), obj)
     for candidate in candidates:
         try:
             data = json.loads(candidate)
@@ -178,7 +189,8 @@ def parse_boxes(text: str) -> list[dict]:
             bbox = _finite_floats(item["bbox_3d"])
             if bbox is not None and len(bbox) == 9:
                 boxes.append({"label": normalize_text(item.get("label", "")), "bbox_3d": bbox})
-        return boxes
+        if boxes:
+            return boxes
     return []
 
 
@@ -206,48 +218,103 @@ def box_score(pred: list[dict], gt: list[dict]) -> float:
 
 def _canonical_answer(answer_type: str, gt: dict) -> str:
     if answer_type == "multiple_choice":
-        return str(gt.get("choice", ""))
+        return str(gt["choice"])
     if answer_type == "number":
         unit = gt.get("unit")
-        return f"{gt.get('value')} {unit}" if unit else str(gt.get("value"))
+        return f"{gt['value']} {unit}" if unit else str(gt["value"])
     if answer_type == "text":
-        return str(gt.get("text", ""))
+        return str(gt["text"])
     return ""
 
 
-@_never_raises
+def check_ground_truth(answer_type: str, ground_truth: dict | str) -> dict:
+    """The ground truth as a dict, checked against its answer type; raises `GroundTruthError`."""
+    try:
+        gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    except ValueError as err:
+        raise GroundTruthError(f"ground truth is not JSON: {ground_truth!r:.80}") from err
+    if not isinstance(gt, dict):
+        raise GroundTruthError(f"ground truth must be a JSON object, got {gt!r:.80}")
+    if answer_type == "multiple_choice":
+        if not isinstance(gt.get("choice"), str) or not gt["choice"].strip():
+            raise GroundTruthError(f"multiple-choice ground truth needs a 'choice' letter: {gt!r:.80}")
+        if not isinstance(gt.get("options", {}), dict):
+            raise GroundTruthError(f"'options' must be a dict of letter -> text: {gt!r:.80}")
+    elif answer_type == "number":
+        value = gt.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise GroundTruthError(f"number ground truth needs a finite 'value': {gt!r:.80}")
+        if not isinstance(gt.get("unit") or "", str):
+            raise GroundTruthError(f"'unit' must be a string: {gt!r:.80}")
+    elif answer_type == "boxes_3d":
+        boxes = gt.get("boxes")
+        if not isinstance(boxes, list) or any(
+            not isinstance(b, dict) or not isinstance(b.get("bbox_3d"), list) or len(b["bbox_3d"]) != 9
+            or _finite_floats(b["bbox_3d"]) is None for b in boxes
+        ):
+            raise GroundTruthError(f"boxes ground truth needs 'boxes' of 9 finite numbers each: {gt!r:.80}")
+    elif answer_type == "text":
+        if not isinstance(gt.get("text"), str):
+            raise GroundTruthError(f"text ground truth needs a 'text' string: {gt!r:.80}")
+    else:
+        raise GroundTruthError(f"unknown answer type {answer_type!r}")
+    return gt
+
+
 def accuracy(pred_text: str, answer_type: str, ground_truth: dict | str) -> float:
-    """VST accuracy in [0, 1] of a model output against a schema ground truth."""
-    gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    """VST accuracy in [0, 1] of a model output against a schema ground truth (lenient parsing)."""
+    return _accuracy(pred_text, answer_type, check_ground_truth(answer_type, ground_truth))
+
+
+@_never_raises
+def _accuracy(pred_text: str, answer_type: str, gt: dict) -> float:
+    """The part that reads model text, on a checked ground truth: never raises."""
     answer = extract_answer(pred_text)
     canonical = _canonical_answer(answer_type, gt)
     if canonical and normalize_text(answer) == normalize_text(canonical):
         return 1.0
     if answer_type == "multiple_choice":
         choice = extract_choice(answer, gt.get("options"))
-        return float(choice is not None and choice == str(gt["choice"]).strip().upper())
+        return float(choice is not None and choice == gt["choice"].strip().upper())
     if answer_type == "number":
         value = parse_number(answer, gt.get("unit"))
         # The epsilon keeps exactly-5 %-off answers (2.1 for 2.0) right despite float rounding.
         return float(value is not None and _relative_error(value, float(gt["value"])) <= NUMERIC_TOLERANCE + 1e-9)
     if answer_type == "boxes_3d":
-        gt_boxes = [b for b in gt["boxes"] if len(b["bbox_3d"]) == 9]
-        return box_score(parse_boxes(answer), gt_boxes)
+        return box_score(parse_boxes(answer), gt["boxes"])
     return 0.0  # text: only the exact match above counts
 
 
-@_never_raises
 def reward(text: str, answer_type: str, ground_truth: dict | str, require_think: bool = True) -> float:
     """0.5 * accuracy + 0.5 * format; without `require_think` the format part only needs an answer."""
-    fmt = format_reward(text) if require_think else float(bool(extract_answer(text)))
-    return 0.5 * accuracy(text, answer_type, ground_truth) + 0.5 * fmt
+    acc = accuracy(text, answer_type, ground_truth)
+    fmt = format_reward(text) if require_think else _has_answer(text)
+    return 0.5 * acc + 0.5 * fmt
 
 
 @_never_raises
+def _has_answer(text: str) -> float:
+    return float(bool(extract_answer(text)))
+
+
+# VSI-Bench's thresholds exactly as its code makes them (np.linspace(.5, .95, int((.95 - .5) / .05 + 2))),
+# so that float comparisons at a threshold go the same way.
+_MRA_CONF = np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2))
+
+
 def mra(pred: str | float, gt: float) -> float:
-    """VSI-Bench mean relative accuracy: mean over θ in 0.50..0.95 of 1[|pred - gt| / |gt| < 1 - θ]."""
+    """VSI-Bench mean relative accuracy: mean over θ in 0.50..0.95 of 1[|pred - gt| / |gt| <= 1 - θ].
+
+    `pred` is a number or model text (read leniently, `parse_number`); `gt` must be finite."""
+    if isinstance(gt, bool) or not isinstance(gt, (int, float)) or not math.isfinite(float(gt)):
+        raise GroundTruthError(f"MRA needs a finite ground-truth number, got {gt!r}")
+    return _mra(pred, float(gt))
+
+
+@_never_raises
+def _mra(pred: str | float, gt: float) -> float:
     value = pred if isinstance(pred, (int, float)) else parse_number(extract_answer(pred))
-    if value is None or not math.isfinite(value) or not math.isfinite(float(gt)):
+    if value is None or not math.isfinite(value):
         return 0.0
-    err = _relative_error(float(value), float(gt))
-    return sum(err < 1.0 - t for t in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+    err = _relative_error(float(value), gt)
+    return float(np.mean(err <= 1.0 - _MRA_CONF))
