@@ -88,6 +88,14 @@ def test_visualize_episode_writes_every_stream(dataset, tmp_path):
     assert [len(s[0]) for s in strips] == [i + 1 for i in every_frame]
     np.testing.assert_allclose(strips[-1][0][-1], gt["frames"][-1]["gripper_position"], atol=1e-5)
 
+    # the arm: link geometry once, every link posed on every frame
+    assert "Boxes3D:half_sizes" in _static_columns(chunks["world/arm/gripper/boxes"])
+    for body in ("base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "moving_jaw"):
+        frames, _ = _column(chunks[f"world/arm/{body}"], "Transform3D:translation")
+        assert frames == every_frame
+
+    frames, success = _column(chunks["outcome/success"], "Scalars:scalars")
+    assert frames == [n - 1] and success == [[float(gt["success"])]]
     assert "TextDocument:text" in _static_columns(chunks["instruction"])
     text = next(b.column("TextDocument:text").to_pylist()[0] for b, s in chunks["instruction"] if s)
     assert gt["instruction"] in text[0]

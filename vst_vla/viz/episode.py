@@ -10,9 +10,13 @@ What the recording holds, on a `frame` sequence timeline and a `time` timeline (
 - `world/table` (static flat box), `world/objects` (`Boxes3D`, one instance per object: centre, full
   extents, orientation, colour, label), `world/gripper/path` (`LineStrips3D` growing over time) and
   `world/gripper/position`.
+- `world/arm/<body>`: the SO-101's links (`vst_vla.viz.arm`, `robot_variant` picks primitives or
+  meshes), posed every frame from the stored joint angles.
 - `state/<motor>` and `action/<motor>`: one `Scalars` series per joint, named by motor.
-- `instruction`: the episode's instruction (`TextDocument`, static).
+- `instruction`: the episode's instruction (`TextDocument`, static); `outcome`: the expert's result
+  at the last frame.
 
+The layout is `vst_vla.viz.blueprint.episode_blueprint`, shared with policy evaluations.
 `log_scene_ground_truth` logs one frame of scene ground truth; policy evaluation reuses it.
 """
 
@@ -32,6 +36,9 @@ from typing import Any
 import numpy as np
 import rerun as rr
 import rerun.blueprint as rrb
+
+from vst_vla.viz.arm import arm_logger
+from vst_vla.viz.blueprint import episode_blueprint, log_joint_series, log_outcome
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ class VizConfig:
     jpeg_quality: int = 90  # camera frames as JPEG (1..100, smaller .rrd); 0 logs raw pixels
     video_backend: str = "pyav"  # LeRobot video decoder: pyav or torchcodec
     image_plane_distance: float = 0.05  # frustum depth drawn in the 3D view (metres)
+    robot_variant: str = "primitives"  # arm geometry in the 3D view: primitives, meshes or meshes_full
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -126,6 +134,7 @@ def log_scene_ground_truth(
     jpeg_quality: int = 0,
     log_static: bool = True,
     image_plane_distance: float = 0.05,
+    arm: Any = None,
 ) -> None:
     """Log one frame of scene ground truth (a `SceneGT` or its `to_dict()`) at the current time.
 
@@ -139,7 +148,9 @@ def log_scene_ground_truth(
     - `gripper/position`, and `gripper/path` when `gripper_trail` (N×3 past positions) is given;
     - `cameras/<cam>`: `Transform3D` + `Pinhole` of every other camera, at the current time;
     - `cameras/<cam>/image` for every `images[cam]` (HxWx3 uint8), JPEG-compressed if `jpeg_quality`.
-      If an image's size differs from the stored camera size the intrinsics are scaled to match.
+      If an image's size differs from the stored camera size the intrinsics are scaled to match;
+    - `arm/<body>` with an `arm` (`vst_vla.viz.arm.ArmLogger`): the links posed from the stored joint
+      angles, their geometry (static) when `log_static`.
     """
     rec, root = _resolve_target(rec_or_prefix, prefix, recording)
     gt = _scene_dict(scene_gt)
@@ -163,6 +174,13 @@ def log_scene_ground_truth(
             fill_mode="solid"), **kw)
     else:
         rr.log(f"{root}/objects", rr.Clear(recursive=False), **kw)
+
+    joints = gt.get("joint_positions")
+    if arm is not None:
+        if log_static:
+            arm.log_geometry(rec, root)
+        if joints:
+            arm.log_joints(rec, joints, root)
 
     grip = gt.get("gripper_position")
     if grip is not None:
@@ -281,20 +299,11 @@ def _decode_camera(ds, key: str, episode: int, timestamps: np.ndarray, order: np
 
 
 def _blueprint(data: _EpisodeData) -> rrb.Blueprint:
-    cams = [rrb.Spatial2DView(origin=f"{WORLD}/cameras/{c}", name=c) for c in data.images]
-    plots = []
-    if data.state is not None:
-        plots.append(rrb.TimeSeriesView(origin="state", name="state"))
-    if data.action is not None:
-        plots.append(rrb.TimeSeriesView(origin="action", name="action"))
-    right = rrb.Vertical(*cams, rrb.TextDocumentView(origin="instruction", name="instruction"),
-                         row_shares=[3] * len(cams) + [1])
-    return rrb.Blueprint(rrb.Vertical(
-        rrb.Horizontal(rrb.Spatial3DView(origin=WORLD, name="scene"), right, column_shares=[2, 1]),
-        rrb.Horizontal(*plots), row_shares=[3, 2]), collapse_panels=True)
+    extra = [] if data.action is None or set(data.action_names) <= set(data.state_names) else ["action"]
+    return episode_blueprint(list(data.images), data.state_names or data.action_names, "frame", extra_plots=extra)
 
 
-def _log_episode(rec: rr.RecordingStream, data: _EpisodeData, cfg: VizConfig) -> None:
+def _log_episode(rec: rr.RecordingStream, data: _EpisodeData, cfg: VizConfig, arm=None) -> None:
     meta = data.meta
     rec.log("instruction", rr.TextDocument(
         f"## {data.instruction}\n\n"
@@ -305,12 +314,12 @@ def _log_episode(rec: rr.RecordingStream, data: _EpisodeData, cfg: VizConfig) ->
     n = min(len(data.timestamps), len(data.frames))
     frame_col = rr.TimeColumn("frame", sequence=np.arange(n))
     time_col = rr.TimeColumn("time", duration=data.timestamps[:n])
+    log_joint_series(rec, sorted(set(data.state_names) | set(data.action_names)), "state", "expert action")
     for group, values, names in (("state", data.state, data.state_names), ("action", data.action, data.action_names)):
         if values is None:
             continue
         for j, name in enumerate(names):
             path = f"{group}/{rr.escape_entity_path_part(name)}"
-            rec.log(path, rr.SeriesLines(names=name), static=True)
             rec.send_columns(path, indexes=[frame_col, time_col], columns=rr.Scalars.columns(scalars=values[:n, j]))
 
     trail = np.asarray([f["gripper_position"] for f in data.frames[:n]], dtype=np.float32)
@@ -320,7 +329,10 @@ def _log_episode(rec: rr.RecordingStream, data: _EpisodeData, cfg: VizConfig) ->
         log_scene_ground_truth(rec, data.frames[i], gripper_trail=trail[: i + 1],
                                images={c: v[i] for c, v in data.images.items() if i < len(v)},
                                jpeg_quality=cfg.jpeg_quality, log_static=(i == 0),
-                               image_plane_distance=cfg.image_plane_distance)
+                               image_plane_distance=cfg.image_plane_distance, arm=arm)
+    if n:
+        log_outcome(rec, {"success": bool(meta.get("success")), "frames": n,
+                          "task family": meta.get("task_family"), "seed": meta.get("seed")}, title="expert episode")
 
 
 def _output_path(cfg: VizConfig) -> Path:
@@ -357,7 +369,8 @@ def visualize_episode(cfg: VizConfig) -> Path:
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=recording_id)
     rec.set_sinks(rr.FileSink(str(out)), default_blueprint=blueprint)
     rec.send_recording_name(f"{data.meta.get('task_family')} episode {cfg.episode}")
-    _log_episode(rec, data, cfg)
+    arm = arm_logger(cfg.robot_variant)
+    _log_episode(rec, data, cfg, arm)
     rec.flush()
     rec.disconnect()
     log.info("wrote %s (%d frames) in %.1fs", out, len(data.timestamps), time.perf_counter() - t0)
@@ -369,7 +382,7 @@ def visualize_episode(cfg: VizConfig) -> Path:
         served = rr.RecordingStream(APPLICATION_ID, recording_id=recording_id)
         uri = served.serve_grpc(grpc_port=cfg.grpc_port, default_blueprint=blueprint)
         rr.serve_web_viewer(web_port=cfg.web_port, open_browser=False, connect_to=uri)
-        _log_episode(served, data, cfg)
+        _log_episode(served, data, cfg, arm)
         print(f"serving the web viewer on http://localhost:{cfg.web_port} (Ctrl-C to stop)")
         try:
             while True:
