@@ -54,8 +54,8 @@ def test_observation_layout(env):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_scripted_expert_solves_each_family(family):
     env = SpatialTabletopEnv(task=family, obs_type="agent_pos")
-    results = [run_expert_episode(env, seed) for seed in (100, 101)]
-    assert all(r["success"] for r in results), results
+    results = [run_expert_episode(env, seed) for seed in range(100, 105)]
+    assert sum(r["success"] for r in results) >= 4, results  # the expert solves ~95 % (benchmarks/expert_success.py)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -151,3 +151,52 @@ def test_expert_solves_stacking_through_ee_deltas_with_wrist_yaw():
     env = SpatialTabletopEnv(task="stack", obs_type="agent_pos", action_space="ee_delta_yaw")
     assert env.action_space.shape == (5,)
     assert all(run_expert_episode(env, seed)["success"] for seed in (0, 1))
+
+
+def test_cube_grasp_yaw_is_the_face_nearest_the_radial_direction():
+    """yaw and yaw+pi used to tie (compared modulo pi), so float noise flipped the wrist by 180 degrees."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        pos = np.array([rng.uniform(0.14, 0.29), rng.uniform(-0.15, 0.15), 0.02])
+        obj_yaw = rng.uniform(-np.pi, np.pi)
+        radial = np.arctan2(pos[1], pos[0])
+        yaw = ScriptedExpert._grasp_yaw("cube", obj_yaw, pos)
+        wrapped = (yaw - radial + np.pi) % (2 * np.pi) - np.pi
+        assert abs(wrapped) <= np.pi / 4 + 1e-9
+        if abs(abs(wrapped) - np.pi / 4) > 1e-3:  # away from the 45-degree tie, noise cannot change the choice
+            assert ScriptedExpert._grasp_yaw("cube", obj_yaw + 1e-9, pos) == pytest.approx(yaw, abs=1e-6)
+
+
+def test_identical_scenes_give_identical_grasps():
+    env = SpatialTabletopEnv(task="pick_extreme", obs_type="agent_pos")
+    rolls = []
+    for _ in range(2):
+        env.reset(seed=11)
+        expert = ScriptedExpert(env)
+        trajectory = [expert.act() for _ in range(60)]
+        rolls.append(np.array(trajectory))
+    env.close()
+    np.testing.assert_array_equal(rolls[0], rolls[1])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_doing_nothing_or_acting_at_random_never_succeeds(family):
+    """Success means the goal state holds (released, at rest, relation true with margin): 0 of 200 seeds."""
+    env = SpatialTabletopEnv(task=family, obs_type="agent_pos")
+    rng = np.random.default_rng(0)
+    hits = []
+    for seed in range(200):
+        obs, info = env.reset(seed=10_000 + seed)
+        assert not info["is_success"]
+        hold = obs["agent_pos"].astype(np.float32)
+        for _ in range(25):  # do nothing: hold the start pose
+            if env.step(hold)[2]:
+                hits.append(("do_nothing", seed))
+                break
+        env.reset(seed=10_000 + seed)
+        for _ in range(50):  # uniform random joint targets
+            if env.step(rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32))[2]:
+                hits.append(("random", seed))
+                break
+    env.close()
+    assert hits == []

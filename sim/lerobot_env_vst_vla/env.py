@@ -32,6 +32,10 @@ ACTION_NAMES = {
     "ee_delta_yaw": ["dx", "dy", "dz", "dyaw", "gripper_open"],
 }
 EE_BOUNDS = (np.array([0.06, -0.3, 0.005]), np.array([0.4, 0.3, 0.3]))  # reachable box for ee_delta targets
+# Success means the goal state *holds*: the family's predicate true, the target at rest, for this many
+# consecutive control steps (1/3 s at 30 fps). Passing through the goal or falling into it does not count.
+SUCCESS_HOLD_STEPS = 10
+REST_SPEED = 0.03  # m/s: the target counts as at rest below this speed
 
 
 # GL contexts must be released before MuJoCo's own atexit hook terminates the EGL display; atexit
@@ -97,6 +101,8 @@ class SpatialTabletopEnv(gym.Env):
         self._ee_target = np.zeros(3)
         self._ee_yaw = 0.0  # jaw yaw relative to the arm's radial direction (ee_delta_yaw)
         self._steps = 0
+        self._goal_streak = 0  # consecutive steps the goal predicate held with the target at rest
+        self.lifted_objects: list[int] = []  # objects the gripper has lifted this episode, in order
 
         joint_lo, joint_hi = to_so101_units(self.model.jnt_range[[self.model.joint(j).id for j in JOINT_NAMES]].T)
         self._joint_low, self._joint_high = joint_lo.astype(np.float32), joint_hi.astype(np.float32)
@@ -134,6 +140,8 @@ class SpatialTabletopEnv(gym.Env):
         self._ee_target = self.data.site("grasp").xpos.copy()
         self._ee_yaw = 0.0
         self._steps = 0
+        self._goal_streak = 0
+        self.lifted_objects = []
         return self._observation(), self._info()
 
     def step(self, action):
@@ -149,7 +157,10 @@ class SpatialTabletopEnv(gym.Env):
         for _ in range(self.n_substeps):
             mujoco.mj_step(self.model, self.data)
         self._steps += 1
-        success = self.family.success(self)
+        self._track_lifted()
+        goal = self.family.success(self) and self.object_speed(self.episode.target) < REST_SPEED
+        self._goal_streak = self._goal_streak + 1 if goal else 0
+        success = self._goal_streak >= SUCCESS_HOLD_STEPS
         truncated = self._steps >= self._max_episode_steps
         return self._observation(), float(success), success, truncated, self._info(success)
 
@@ -172,6 +183,24 @@ class SpatialTabletopEnv(gym.Env):
 
     def object_position(self, k: int) -> np.ndarray:
         return self.data.body(self.episode.objects[k].name).xpos.copy()
+
+    def object_speed(self, k: int) -> float:
+        """Linear speed (m/s) of object k's body."""
+        vel = np.zeros(6)
+        body = self.model.body(self.episode.objects[k].name).id
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_BODY, body, vel, 0)
+        return float(np.linalg.norm(vel[3:]))
+
+    def was_lifted(self, k: int) -> bool:
+        """Whether the gripper has lifted object k at some step of this episode (place tasks need a carry)."""
+        return k in self.lifted_objects
+
+    def _track_lifted(self) -> None:
+        from .tasks.base import lifted
+
+        for k in range(len(self.episode.objects)):
+            if k not in self.lifted_objects and self.episode.objects[k].shape != "bowl" and lifted(self, k, 0.02):
+                self.lifted_objects.append(k)
 
     def is_held(self, k: int) -> bool:
         """Both jaw pads touch object k."""

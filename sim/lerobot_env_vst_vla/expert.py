@@ -34,14 +34,23 @@ class Waypoint:
 
 
 class ScriptedExpert:
-    def __init__(self, env: SpatialTabletopEnv):
+    """`target` / `place_xy` override the episode's (the spatially blind baseline sends the expert to a
+    look-alike); by default the expert does what the instruction asks."""
+
+    def __init__(self, env: SpatialTabletopEnv, target: int | None = None,
+                 place_xy: tuple[float, float] | None = None, place_height: float | None = None):
         self.env = env
+        self._target, self._place_xy, self._place_height = target, place_xy, place_height
         self.reset()
 
     MAX_RETRIES = 3
 
     def reset(self) -> None:
         env = self.env
+        ep = env.episode
+        self.target = ep.target if self._target is None else self._target
+        self.place_xy = ep.place_xy if self._place_xy is None else self._place_xy
+        self.place_height = ep.place_height if self._place_height is None else self._place_height
         self.cmd = env.data.site("grasp").xpos.copy()
         self.q_arm = env.joint_positions()[:5]
         self.gripper = GRIPPER_OPEN
@@ -51,9 +60,8 @@ class ScriptedExpert:
     def _plan(self) -> None:
         """Waypoints from the target's current pose: approach, grasp, lift (and carry, place, release)."""
         env = self.env
-        ep = env.episode
-        obj = ep.objects[ep.target]
-        pos = env.object_position(ep.target)
+        obj = env.episode.objects[self.target]
+        pos = env.object_position(self.target)
         grasp_z = max(pos[2], 0.02)  # keeps the jaws (which sweep down as they close) off the table
         self.yaw = self._grasp_yaw(obj.shape, self._object_yaw(), pos)
         above = np.array([pos[0], pos[1], CARRY_Z])
@@ -62,20 +70,20 @@ class ScriptedExpert:
         self.plan = [Waypoint(above, opening), Waypoint(grasp, opening, SLOW, hold=2),
                      Waypoint(grasp, GRIPPER_CLOSED, SLOW, hold=10), Waypoint(above + [0, 0, 0.02], GRIPPER_CLOSED, SLOW)]
         self.release_stage = len(self.plan) + 10**6  # pick-only tasks hold the object to the end
-        if ep.place_xy is not None:
+        if self.place_xy is not None:
             # the grasp point sits at the object's centre height above its base when picked
             lift_offset = grasp_z - pos[2]
-            place = np.array([*ep.place_xy, ep.place_height + lift_offset])
-            self.plan += [Waypoint(np.array([*ep.place_xy, CARRY_Z + 0.02]), GRIPPER_CLOSED),
+            place = np.array([*self.place_xy, self.place_height + lift_offset])
+            self.plan += [Waypoint(np.array([*self.place_xy, CARRY_Z + 0.02]), GRIPPER_CLOSED),
                           Waypoint(place, GRIPPER_CLOSED, SLOW, hold=3),
                           Waypoint(place, GRIPPER_OPEN, SLOW, hold=8),
-                          Waypoint(np.array([*ep.place_xy, CARRY_Z + 0.02]), GRIPPER_OPEN)]
+                          Waypoint(np.array([*self.place_xy, CARRY_Z + 0.02]), GRIPPER_OPEN)]
             self.release_stage = len(self.plan) - 2
         self.stage = 0
         self.held = 0
 
     def _object_yaw(self) -> float:
-        quat = self.env.data.body(self.env.episode.objects[self.env.episode.target].name).xquat
+        quat = self.env.data.body(self.env.episode.objects[self.target].name).xquat
         w, x, y, z = quat
         return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
@@ -85,9 +93,12 @@ class ScriptedExpert:
         radial = float(np.arctan2(pos[1], pos[0]))
         if shape != "cube":
             return radial
-        cands = obj_yaw + np.arange(-4, 5) * np.pi / 2
-        diff = np.abs((cands - radial + np.pi / 2) % np.pi - np.pi / 2)  # the jaws are symmetric enough: mod pi
-        return float(cands[np.argmin(diff)])
+        # A cube's four face normals lie pi/2 apart, so exactly one is within 45 deg of the radial yaw.
+        # Comparing modulo pi instead would tie yaw and yaw+pi and let float noise flip the wrist by 180 deg,
+        # which made the demonstrations bimodal.
+        cands = obj_yaw + np.arange(4) * np.pi / 2
+        offset = (cands - radial + np.pi) % (2 * np.pi) - np.pi  # wrapped to [-pi, pi)
+        return float(radial + offset[np.argmin(np.abs(offset))])
 
     @property
     def done(self) -> bool:
@@ -97,7 +108,7 @@ class ScriptedExpert:
         env = self.env
         # a grasp that slipped (or never held) is retried from where the object now lies
         carrying = 3 <= self.stage < self.release_stage
-        if carrying and not env.is_held(env.episode.target) and self.retries < self.MAX_RETRIES:
+        if carrying and not env.is_held(self.target) and self.retries < self.MAX_RETRIES:
             self.retries += 1
             self._plan()
         wp = self.plan[min(self.stage, len(self.plan) - 1)]

@@ -41,7 +41,13 @@ class TaskFamily(abc.ABC):
 
     @abc.abstractmethod
     def success(self, env: SpatialTabletopEnv) -> bool:
-        """Whether the current state completes the episode's instruction."""
+        """Whether the current state completes the instruction; the env calls it a success only once it
+        has held, with the target at rest, for `SUCCESS_HOLD_STEPS` consecutive steps."""
+
+    def lookalikes(self, episode: Episode) -> list[dict]:
+        """What an agent blind to the instruction's spatial words cannot tell apart: a list of
+        {target, place_xy, place_height} choices, the correct one among them (the blind-expert baseline)."""
+        return [{"target": episode.target, "place_xy": episode.place_xy, "place_height": episode.place_height}]
 
     def phrase(self, rng: np.random.Generator, **slots) -> str:
         return self.templates[rng.integers(len(self.templates))].format(**slots)
@@ -103,3 +109,11 @@ def resting_on_table(env: SpatialTabletopEnv, k: int, tol: float = 0.006) -> boo
 def lifted(env: SpatialTabletopEnv, k: int, height: float = 0.04) -> bool:
     obj = env.episode.objects[k]
     return env.object_position(k)[2] > rest_height(obj.shape, obj.size) + height and env.is_held(k)
+
+
+def placed(env: SpatialTabletopEnv, k: int) -> bool:
+    """Object k was carried by the gripper this episode and is now released: what "put" asks for.
+
+    Without the carry a push, or an arm flailing at random, could move an object into the goal.
+    """
+    return env.was_lifted(k) and not env.is_held(k)

@@ -48,6 +48,9 @@ class PickExtreme(TaskFamily):
         return Episode(objects, self.phrase(rng, phrase=phrase), target=int(order[0]),
                        details={"criterion": criterion, "group": list(range(n))})
 
+    def lookalikes(self, episode: Episode) -> list[dict]:
+        return [{"target": k, "place_xy": None, "place_height": 0.0} for k in episode.details["group"]]
+
     def success(self, env) -> bool:
         ep = env.episode
         others = [k for k in ep.details["group"] if k != ep.target]

@@ -52,6 +52,9 @@ class PickByRelation(TaskFamily):
         return Episode(objects, instruction, target=1 + k,
                        details={"relation": relation, "reference": 0, "twin": 2 - k})
 
+    def lookalikes(self, episode: Episode) -> list[dict]:
+        return [{"target": k, "place_xy": None, "place_height": 0.0} for k in (1, 2)]  # the twins
+
     def success(self, env) -> bool:
         ep = env.episode
         return lifted(env, ep.target) and not lifted(env, ep.details["twin"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import ObjectSpec
-from .base import Episode, TaskFamily, place_objects, random_color, random_graspable
+from .base import Episode, TaskFamily, place_objects, placed, random_color, random_graspable
 from .pick_relation import PHRASES, RELATIONS, pick_by_relation
 
 
@@ -36,9 +36,13 @@ class PutInContainer(TaskFamily):
                        place_height=floor + a.size[2] / 2 + 0.012,
                        details={"relation": relation, "reference": 1, "container": 2 + k, "other": 3 - k})
 
+    def lookalikes(self, episode: Episode) -> list[dict]:
+        return [{"target": 0, "place_xy": episode.objects[c].pos, "place_height": episode.place_height}
+                for c in (2, 3)]  # the two identical containers
+
     def success(self, env) -> bool:
         ep = env.episode
-        return self._inside(env, ep.details["container"]) and not env.is_held(0)
+        return self._inside(env, ep.details["container"]) and placed(env, 0)
 
     @staticmethod
     def _inside(env, c: int) -> bool:

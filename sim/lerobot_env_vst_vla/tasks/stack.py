@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import ObjectSpec
-from .base import Episode, TaskFamily, place_objects, random_color, random_graspable, resting_on_table
+from .base import Episode, TaskFamily, place_objects, placed, random_color, random_graspable, resting_on_table
 from .pick_relation import PHRASES, RELATIONS, pick_by_relation
 
 
@@ -33,9 +33,13 @@ class StackByRelation(TaskFamily):
                        place_height=base.size[2] + a.size[2] / 2 + 0.006,
                        details={"relation": relation, "reference": 1, "base": 2 + k, "other": 3 - k})
 
+    def lookalikes(self, episode: Episode) -> list[dict]:
+        return [{"target": 0, "place_xy": episode.objects[c].pos, "place_height": episode.place_height}
+                for c in (2, 3)]  # the two identical bases
+
     def success(self, env) -> bool:
         ep = env.episode
         a, b = env.object_position(0), env.object_position(ep.details["base"])
         top = b[2] + ep.objects[ep.details["base"]].size[2] / 2 + ep.objects[0].size[2] / 2
         on_top = float(np.linalg.norm(a[:2] - b[:2])) < ep.objects[ep.details["base"]].size[0] / 2 and abs(a[2] - top) < 0.008
-        return on_top and not env.is_held(0) and resting_on_table(env, ep.details["base"])
+        return on_top and placed(env, 0) and resting_on_table(env, ep.details["base"])
