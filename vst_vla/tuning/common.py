@@ -17,7 +17,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
-from vst_vla.backbone import BackboneConfig
+from vst_vla.backbone import BackboneConfig, resolve_device
+from vst_vla.backbone.precision import training_precision
 
 RULE_CHECKABLE = ("multiple_choice", "number", "boxes_3d")
 
@@ -41,12 +42,29 @@ class RunSettings:
     save_every: int = 50
     log_every: int = 5
     resume: bool = False  # continue from output_dir/checkpoints/latest
-    mixed_precision: str = "auto"  # auto: bf16 on GPU, no on CPU
+    # auto: from backbone.dtype (bf16 on GPU, none on CPU) as autocast over fp32 master weights
+    mixed_precision: str = "auto"
 
 
-def load_rows(path: str | Path, split: str, cot: str = "include", answer_types: tuple[str, ...] | None = None,
+SUBSETS = ("perception", "cot", "rl", "all")
+
+
+def row_subset(row: dict) -> str:
+    """Which stage a row belongs to: "rl" (the VST-R RL subset, `metadata["vst_r"] == "rl"`), "cot"
+    (other chain-of-thought rows: the cold start, VST's released think rows too) or "perception"."""
+    from vst_vla.spatial.reasoning import vst_r_role
+
+    if vst_r_role(row) == "rl":
+        return "rl"
+    return "cot" if row["cot"] else "perception"
+
+
+def load_rows(path: str | Path, split: str, subset: str = "all", answer_types: tuple[str, ...] | None = None,
               max_samples: int | None = None) -> datasets.Dataset:
-    """A split of a saved spatial dataset, filtered by chain-of-thought flag and answer type."""
+    """A split of a saved spatial dataset, one stage's subset of it, filtered by answer type.
+
+    Stage 1 takes "perception", stage 2 "cot", GRPO "rl": the three never share a row, so GRPO is never
+    rewarded for answers CoT SFT has already taught (`row_subset`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"spatial dataset not found: {path} (generate one with `vst-vla spatial-data`)")
@@ -55,31 +73,33 @@ def load_rows(path: str | Path, split: str, cot: str = "include", answer_types: 
         if split not in ds:
             raise KeyError(f"{path} has splits {list(ds)}, not {split!r}")
         ds = ds[split]
-    if cot not in ("include", "exclude", "only"):
-        raise ValueError(f"cot must be include, exclude or only, got {cot!r}")
-    if cot != "include":
-        ds = ds.filter(lambda r: r["cot"] == (cot == "only"))
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    if subset != "all":
+        ds = ds.filter(lambda r: row_subset(r) == subset)
     if answer_types is not None:
         ds = ds.filter(lambda r: r["answer_type"] in answer_types)
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     if len(ds) == 0:
-        raise ValueError(f"{path}[{split}] has no rows with cot={cot} and answer types {answer_types}")
+        raise ValueError(f"{path}[{split}] has no rows in subset {subset!r} with answer types {answer_types}")
     return ds
 
 
-def make_accelerator(run: RunSettings, grad_accum: int = 1) -> Accelerator:
+def make_accelerator(run: RunSettings, grad_accum: int = 1, backbone: BackboneConfig | None = None) -> Accelerator:
     mp = run.mixed_precision
     if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
+        device = "cpu" if backbone is not None and backbone.device == "cpu" else resolve_device("auto")
+        mp = training_precision(backbone.dtype if backbone else "auto", device).mixed_precision
     # a seedable sampler makes the data order a function of (seed, epoch), so a resumed run matches
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mp,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
 
 def backbone_config(backbone: BackboneConfig, run: RunSettings, accelerator: Accelerator) -> BackboneConfig:
-    """The stage's backbone: the previous stage's `final/` when `init_from` is set, on this process's device."""
-    overrides = {"device": str(accelerator.device)}
+    """The stage's backbone: the previous stage's `final/` when `init_from` is set, on this process's
+    device, with fp32 master weights whatever `dtype` says (bf16/fp16 become autocast: `precision.py`)."""
+    overrides = {"device": str(accelerator.device), "dtype": "float32"}
     if run.init_from:
         overrides["pretrained_path"] = run.init_from
     return BackboneConfig(**{**backbone.__dict__, **overrides})

@@ -1,11 +1,15 @@
 """Supervised fine-tuning: stage 1 (VST-P perception answers) and stage 2 (VST-R chain-of-thought).
 
-Loss on answer tokens only; full fine-tune with separate vision / LLM learning rates, or LoRA (peft);
+Loss on answer tokens only, averaged per sample (so a 150-token box answer and a 2-token letter weigh
+the same) and sequence packing (`packing.py`, as VST packs to 16 384 tokens); fp32 master weights with
+bf16 autocast on GPU (`backbone/precision.py`); full fine-tune with separate vision / LLM learning rates, or LoRA (peft);
 gradient accumulation, cosine schedule with warm-up, atomic checkpoints and exact resume through
 accelerate (run it with `accelerate launch` for DDP / FSDP on several GPUs or nodes).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +21,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vst_vla.backbone import BackboneConfig, build_backbone, encode_for_training
+from vst_vla.backbone import BackboneConfig, build_backbone
 from vst_vla.tuning.common import (Curves, LoraSettings, RunSettings, backbone_config, latest_checkpoint,
                                    load_checkpoint, load_rows, make_accelerator, param_groups, save_checkpoint,
                                    save_final)
+from vst_vla.tuning.packing import encode_packs, encode_padded, sample_losses, token_losses
 
 
 @dataclass
 class SFTConfig:
     data: str = "outputs/spatial_data"  # a `vst-vla spatial-data` folder (or a loaded VST release)
     split: str = "train"
-    cot: str = "exclude"  # stage 1 trains on direct answers ("exclude"), stage 2 on CoT samples ("only")
+    # stage 1 trains on "perception" rows (direct answers), stage 2 on the "cot" subset; the "rl" subset
+    # is GRPO's and never trained here (`common.load_rows`)
+    subset: str = "perception"
     max_samples: Optional[int] = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -39,6 +46,8 @@ class SFTConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    loss_weighting: str = "sample"  # sample: mean per sample, then over samples | token: mean over tokens
+    pack_tokens: int = 0  # > 0: pack each batch's samples into rows of at most this many tokens; 0: pad
 
 
 def apply_lora(model, lora: LoraSettings):
@@ -50,14 +59,40 @@ def apply_lora(model, lora: LoraSettings):
                                             target_modules=targets))
 
 
+def batch_loss(model, backbone, rows: list[dict], cfg: SFTConfig, accelerator) -> torch.Tensor:
+    """Forward and backward of one batch (packed or padded); returns the batch loss (detached).
+
+    With packing there is one backward per pack; all but the last skip DDP's gradient all-reduce, so
+    every process reduces once per batch however many packs its rows made."""
+    if cfg.loss_weighting not in ("sample", "token"):
+        raise ValueError(f"loss_weighting must be sample or token, got {cfg.loss_weighting!r}")
+    if cfg.pack_tokens > 0:
+        parts = encode_packs(backbone, model, rows, cfg.data, cfg.pack_tokens)
+    else:
+        parts = [encode_padded(backbone, rows, cfg.data)]
+    if cfg.loss_weighting == "token":
+        n_tokens = sum(int((p["labels"][:, 1:] != -100).sum()) for p in parts)
+    total = torch.zeros((), device=accelerator.device)
+    for i, part in enumerate(parts):
+        sync = contextlib.nullcontext() if i == len(parts) - 1 else accelerator.no_sync(model)
+        with sync:
+            if cfg.loss_weighting == "sample":
+                loss = sample_losses(model, part, len(rows))[0] / len(rows)
+            else:
+                loss = token_losses(model, part)[0] / max(n_tokens, 1)
+            accelerator.backward(loss)
+        total += loss.detach()
+    return total
+
+
 def train_sft(cfg: SFTConfig) -> Path:
     run = cfg.run
-    accelerator = make_accelerator(run, cfg.grad_accum)
+    accelerator = make_accelerator(run, cfg.grad_accum, cfg.backbone)
     set_seed(run.seed)
     backbone = build_backbone(backbone_config(cfg.backbone, run, accelerator))
     if cfg.lora.rank > 0:
         backbone.model = apply_lora(backbone.model, cfg.lora)
-    rows = load_rows(cfg.data, cfg.split, cfg.cot, max_samples=cfg.max_samples)
+    rows = load_rows(cfg.data, cfg.split, cfg.subset, max_samples=cfg.max_samples)
     loader = DataLoader(rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=list)
     optimizer = torch.optim.AdamW(param_groups(backbone.model, cfg.lr_llm, cfg.lr_vision, cfg.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * run.max_steps), run.max_steps)
@@ -74,22 +109,20 @@ def train_sft(cfg: SFTConfig) -> Path:
     epoch, skip = divmod(batches_done, len(loader))
 
     model.train()
-    bar = tqdm(total=run.max_steps, initial=step, desc=f"sft[{cfg.cot}]", disable=not accelerator.is_main_process)
+    bar = tqdm(total=run.max_steps, initial=step, desc=f"sft[{cfg.subset}]", disable=not accelerator.is_main_process)
     running = []
     while step < run.max_steps:
         loader.set_epoch(epoch)
         for batch_rows in accelerator.skip_first_batches(loader, skip) if skip else loader:
             with accelerator.accumulate(model):
-                batch = encode_for_training(backbone, batch_rows, cfg.data)
-                loss = model(**batch).loss
-                accelerator.backward(loss)
+                loss = batch_loss(model, backbone, batch_rows, cfg, accelerator)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
                 if accelerator.sync_gradients:
                     scheduler.step()
-            running.append(loss.detach())
+            running.append(loss)
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -105,5 +138,5 @@ def train_sft(cfg: SFTConfig) -> Path:
                 break
         epoch, skip = epoch + 1, 0
     bar.close()
-    curves.finish(f"sft_{cfg.cot}")
+    curves.finish(f"sft_{cfg.subset}")
     return save_final(accelerator, model, backbone, run.output_dir, cfg.lora)

@@ -1,0 +1,110 @@
+"""SFT batches: per-sample loss, and sequence packing that keeps each sample's own attention and mRoPE.
+
+Loss. A token mean lets a 3D-box answer (~150 tokens) outweigh a multiple-choice letter (2 tokens)
+75 to 1; `sample_losses` averages the answer tokens of each sample first, then the samples.
+
+Packing. Padding a batch to its longest sample wastes most of the compute on pad tokens. A pack
+concatenates whole samples into one row with `position_ids` of shape (4, 1, L): row 0 the text
+positions restarting at 0 for every sample, rows 1-3 each sample's own 3-D mRoPE positions
+(`get_rope_index` on the sample alone). With no `attention_mask`, transformers (5.5,
+`masking_utils.find_packed_sequence_indices`) reads the restarts in row 0 and makes the attention
+block-diagonal (a mask for sdpa, varlen for flash attention), so every sample attends only to itself
+and sees exactly the positions it has unpacked. The images of all samples go in, in order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vst_vla.backbone import encode_for_training
+from vst_vla.backbone.chat import IGNORE_INDEX
+
+
+def encode_padded(backbone, rows: list[dict], root: str) -> dict[str, torch.Tensor]:
+    """The right-padded batch of `encode_for_training`, with `sample_ids` (-1 on padding)."""
+    batch = encode_for_training(backbone, rows, root)
+    ids = torch.arange(len(rows), device=batch["input_ids"].device)[:, None].expand_as(batch["input_ids"])
+    batch["sample_ids"] = torch.where(batch["attention_mask"].bool(), ids, -1)
+    return batch
+
+
+def _rope_module(model):
+    for module in model.modules():  # the Qwen2.5-VL core, also under DDP / peft wrappers
+        if hasattr(module, "get_rope_index") and hasattr(module, "language_model"):
+            return module
+    raise TypeError(f"{type(model).__name__} has no Qwen2.5-VL get_rope_index")
+
+
+def encode_packs(backbone, model, rows: list[dict], root: str, max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """`rows` as packs of whole samples of at most `max_tokens` tokens (a longer sample is a pack alone)."""
+    core = _rope_module(model)
+    samples = [encode_for_training(backbone, [row], root) for row in rows]
+    groups, current, length = [], [], 0
+    for i, s in enumerate(samples):
+        n = s["input_ids"].shape[1]
+        if current and length + n > max_tokens:
+            groups.append(current)
+            current, length = [], 0
+        current.append(i)
+        length += n
+    groups.append(current)
+    return [_pack([samples[i] for i in g], core, first_id=g[0]) for g in groups]
+
+
+@torch.no_grad()
+def _positions(core, s: dict) -> torch.Tensor:
+    n = s["input_ids"].shape[1]
+    text = torch.arange(n, device=s["input_ids"].device).view(1, 1, n)
+    rope, _ = core.get_rope_index(s["input_ids"], s["mm_token_type_ids"], image_grid_thw=s.get("image_grid_thw"))
+    return torch.cat([text, rope.to(text.dtype)], dim=0)
+
+
+def _pack(samples: list[dict], core, first_id: int) -> dict[str, torch.Tensor]:
+    out = {key: torch.cat([s[key] for s in samples], dim=1) for key in ("input_ids", "labels", "mm_token_type_ids")}
+    out["position_ids"] = torch.cat([_positions(core, s) for s in samples], dim=2)
+    out["sample_ids"] = torch.cat([torch.full_like(s["input_ids"], first_id + j) for j, s in enumerate(samples)], dim=1)
+    with_images = [s for s in samples if "pixel_values" in s]
+    if with_images:
+        out["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])
+        out["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_images])
+    return out
+
+
+def sample_losses(model, batch: dict[str, torch.Tensor], n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over samples of each one's mean answer-token loss, a mask of the samples present) for a
+    padded batch or a pack."""
+    losses, present = per_sample_losses(model, batch, n_samples)
+    return losses[present].sum(), present
+
+
+def per_sample_losses(model, batch: dict[str, torch.Tensor], n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each sample's mean answer-token loss (n_samples,), a mask of the samples in `batch`); logits are
+    computed only where a label follows (`logits_to_keep`)."""
+    batch = dict(batch)
+    labels, sample_ids = batch.pop("labels"), batch.pop("sample_ids")
+    target, owner = labels[:, 1:], sample_ids[:, 1:]
+    valid = target != IGNORE_INDEX
+    keep = valid.any(0).nonzero().squeeze(1)
+    logits = model(**batch, use_cache=False, logits_to_keep=keep).logits
+    target, owner, valid = target[:, keep], owner[:, keep], valid[:, keep]
+    token_loss = F.cross_entropy(logits.float().flatten(0, 1), target.clamp_min(0).flatten(),
+                                 reduction="none").view_as(target)
+    sums = torch.zeros(n_samples, device=logits.device).index_add(0, owner[valid], token_loss[valid])
+    counts = torch.zeros(n_samples, device=logits.device).index_add(0, owner[valid], torch.ones_like(token_loss[valid]))
+    present = counts > 0
+    return sums / counts.clamp_min(1), present
+
+
+def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of answer-token losses, their count): the token-mean alternative to `sample_losses`."""
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    batch.pop("sample_ids")
+    target = labels[:, 1:]
+    valid = target != IGNORE_INDEX
+    keep = valid.any(0).nonzero().squeeze(1)
+    logits = model(**batch, use_cache=False, logits_to_keep=keep).logits
+    target, valid = target[:, keep], valid[:, keep]
+    loss = F.cross_entropy(logits.float().flatten(0, 1), target.clamp_min(0).flatten(), reduction="none")
+    return (loss.view_as(target) * valid).sum(), valid.sum()
