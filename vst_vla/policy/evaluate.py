@@ -7,8 +7,9 @@ per family and disjoint from `vst-vla collect`'s, so two checkpoints meet the sa
 
 Outputs under `output_dir`: `eval.json` (success per family with a Wilson interval), a rich table on
 stdout, `videos/<family>_<k>.mp4` (front | wrist) and `rerun/<family>_<k>.rrd` showing the cameras,
-the scene ground truth, and every predicted action chunk as a 3D gripper path (forward kinematics of
-the joint targets) next to the path the gripper actually took.
+the scene ground truth and the arm, every predicted action chunk as a 3D gripper path (forward
+kinematics of the joint targets) next to the path the gripper actually took, commanded vs reached
+joints and the episode's outcome, in the layout `vst-vla viz` episodes use (vst_vla/viz/blueprint.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
-from lerobot_env_vst_vla.robot import JOINT_NAMES, MOTOR_KEYS, from_so101_units
+from lerobot_env_vst_vla.robot import JOINT_NAMES, from_so101_units
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def run_episode(loaded: LoadedPolicy, env: SpatialTabletopEnv, seed: int, env_pr
     recorder = ChunkRecorder(policy)
     fk = GripperFK(env.model)
     rec = _open_recording(rrd_path, env) if rrd_path else None
+    arm = _arm_logger(env) if rec is not None else None
     frames: list[np.ndarray] = []
     executed: list[np.ndarray] = []
 
@@ -198,7 +200,7 @@ def run_episode(loaded: LoadedPolicy, env: SpatialTabletopEnv, seed: int, env_pr
             if rec is not None:
                 _log_step(rec, env, obs, steps, action, np.array(executed),
                           None if chunk is None else fk(_postprocess_chunk(post, chunk), env.data.qpos),
-                          log_static=steps == 0)
+                          log_static=steps == 0, arm=arm, success=success)
             obs, _, terminated, truncated, info = env.step(action)
             steps += 1
             success = bool(info["is_success"])
@@ -206,40 +208,62 @@ def run_episode(loaded: LoadedPolicy, env: SpatialTabletopEnv, seed: int, env_pr
                 break
     finally:
         policy.predict_action_chunk = recorder._inner  # unwrap: the policy is reused for the next episode
-        if rec is not None:
-            rec.flush()
-            rec.disconnect()
     if video_path is not None:
         from lerobot.utils.io_utils import write_video
 
         video_path.parent.mkdir(parents=True, exist_ok=True)
         write_video(video_path, frames, fps=env.fps)
-    return {"seed": seed, "success": success, "steps": steps, "chunks": n_chunks,
-            "seconds": round(time.perf_counter() - t0, 3), "instruction": env.task_description}
+    result = {"seed": seed, "success": success, "steps": steps, "chunks": n_chunks,
+              "seconds": round(time.perf_counter() - t0, 3), "instruction": env.task_description}
+    if rec is not None:
+        _close_recording(rec, env, steps, result)
+    return result
 
 
 # ----------------------------------------------------------------------------------------- rerun
 def _open_recording(path: Path, env: SpatialTabletopEnv):
     import rerun as rr
 
+    from vst_vla.viz.blueprint import episode_blueprint
+
     path.parent.mkdir(parents=True, exist_ok=True)
     rec = rr.RecordingStream("vst_vla", recording_id=path.stem)
-    rec.save(str(path))
+    rec.save(str(path), default_blueprint=episode_blueprint(env.cameras, JOINT_NAMES, timeline="step"))
     return rec
 
 
+def _arm_logger(env: SpatialTabletopEnv):
+    from vst_vla.viz.arm import ArmLogger
+
+    return ArmLogger(env.model)  # the env's own model: primitives or meshes, as it renders
+
+
+def _close_recording(rec, env: SpatialTabletopEnv, steps: int, result: dict) -> None:
+    """The outcome (success and every metric in `result`) at the final step, then the file is closed."""
+    from vst_vla.viz.blueprint import log_outcome
+
+    rec.set_time("step", sequence=steps)
+    rec.set_time("time", duration=steps / env.fps)
+    log_outcome(rec, {k: v for k, v in result.items() if k not in ("instruction", "seconds")}, title="evaluation")
+    rec.flush()
+    rec.disconnect()
+
+
 def _log_step(rec, env: SpatialTabletopEnv, obs: dict, step: int, action: np.ndarray, executed: np.ndarray,
-              predicted: np.ndarray | None, log_static: bool) -> None:
+              predicted: np.ndarray | None, log_static: bool, arm=None, success: bool = False) -> None:
     import rerun as rr
 
+    from vst_vla.viz.blueprint import log_joint_series
     from vst_vla.viz.episode import log_scene_ground_truth
 
     rec.set_time("step", sequence=step)
     rec.set_time("time", duration=step / env.fps)
     if log_static:
         rec.log("instruction", rr.TextDocument(env.task_description), static=True)
-    # Cameras (images under their pinholes), table, objects and gripper: the viz stage's scene logger.
-    log_scene_ground_truth(rec, env.ground_truth(), images=obs.get("pixels"), log_static=log_static)
+        log_joint_series(rec, JOINT_NAMES, state="reached", action="commanded")
+    # Cameras (images under their pinholes), table, objects, gripper and arm: the viz stage's scene logger.
+    log_scene_ground_truth(rec, env.ground_truth(), images=obs.get("pixels"), log_static=log_static, arm=arm)
+    rec.log("outcome/success", rr.Scalars(float(success)))
     if len(executed) > 1:
         rec.log(EXECUTED_ENTITY, rr.LineStrips3D([executed.astype(np.float32)], radii=[0.002],
                                                  colors=[(40, 200, 80)], labels=["executed"]))
@@ -247,8 +271,9 @@ def _log_step(rec, env: SpatialTabletopEnv, obs: dict, step: int, action: np.nda
         rec.log(PREDICTED_ENTITY, rr.LineStrips3D([predicted.astype(np.float32)], radii=[0.003],
                                                   colors=[(230, 60, 200)], labels=["predicted chunk"]),
                 rr.Points3D(predicted.astype(np.float32), radii=[0.004], colors=[(230, 60, 200)]))
-    for name, value in zip(MOTOR_KEYS, action, strict=False):
-        rec.log(f"action/{name}", rr.Scalars(float(value)))
+    for name, commanded, reached in zip(JOINT_NAMES, action, obs["agent_pos"], strict=False):
+        rec.log(f"action/{name}", rr.Scalars(float(commanded)))
+        rec.log(f"state/{name}", rr.Scalars(float(reached)))
 
 
 # ----------------------------------------------------------------------------------------- report
