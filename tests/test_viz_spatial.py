@@ -31,5 +31,6 @@ def test_rrd_has_images_cameras_boxes_and_text(tmp_path):
             assert "Image" in kinds[f"{cam}/image"]
             assert "LineStrips2D" in kinds[f"{cam}/image/boxes"]  # the ground-truth boxes, projected
     det = next(r for r in rows if r["skill"] == "3d_detection")
-    assert "Boxes3D" in kinds[f"/samples/3d_detection/{det['id']}/world/camera_0/answer_boxes"]
+    assert "Boxes3D" in kinds[f"/samples/3d_detection/{det['id']}/world/answer_frame/boxes"]
+    assert "Transform3D" in kinds[f"/samples/3d_detection/{det['id']}/world/answer_frame"]
     assert "LineStrips2D" in kinds[f"/samples/3d_detection/{det['id']}/world/camera_0/image/answer_boxes"]

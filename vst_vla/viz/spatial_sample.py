@@ -5,8 +5,10 @@ Per sample, under `samples/<skill>/<id>/`:
     world/camera_<i>              the camera of image i (rr.Transform3D + rr.Pinhole, OpenCV axes)
     world/camera_<i>/image        image i as the model sees it (prompts drawn in)
     world/camera_<i>/image/boxes  the object boxes projected into image i (rr.LineStrips2D)
-    world/camera_0/answer_boxes   for 3D detection / grounding: the answer's boxes in camera 0's frame
+    world/answer_frame/boxes      for 3D detection / grounding: the answer's boxes in camera 0's frame
+                                  (a transform without the pinhole: 3D content under a pinhole is 2D)
     qa                            question, answer and ground truth (rr.TextDocument, markdown)
+The recording's layout has one tab per sample: the 3D scene framed on the workspace, the images, the QA.
 `python -m vst_vla.viz.spatial_sample <dataset folder> [--split test] [--out x.rrd] [--per-skill 1]`.
 """
 
@@ -19,10 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rerun as rr
+import rerun.blueprint as rrb
 from scipy.spatial.transform import Rotation
 
 from vst_vla.spatial.boxes import box_corners, box_rotation, project_points
 from vst_vla.spatial.perception.context import Camera, Obj
+from vst_vla.viz.blueprint import WORKSPACE_EYE, WORKSPACE_TARGET
 
 _EDGES = [(i, i | bit) for bit in (1, 2, 4) for i in range(8) if not i & bit]
 
@@ -67,17 +71,19 @@ def log_sample(rec: rr.RecordingStream, row: dict, root: str | Path) -> str:
         for o in objects:
             edges = _strips(cam.to_camera(o.corners()), cam.K, cam.width, cam.height)
             strips += edges
-            labels += [o.label] * len(edges)
+            labels += [o.label] + [""] * (len(edges) - 1)  # one label per box, not one per edge
         if strips:
             rec.log(f"{path}/image/boxes", rr.LineStrips2D(strips, labels=labels), static=True)
     if row["answer_type"] == "boxes_3d" and cameras and cameras[0] is not None:
         boxes = [b for b in json.loads(row["ground_truth"]).get("boxes", []) if len(b["bbox_3d"]) == 9]
         if boxes:
             quats = [Rotation.from_matrix(box_rotation(b["bbox_3d"])).as_quat() for b in boxes]
-            rec.log(f"{base}/world/camera_0/answer_boxes", rr.Boxes3D(
+            cam = Camera.from_gt(cameras[0])
+            rec.log(f"{base}/world/answer_frame", rr.Transform3D(translation=cam.position, mat3x3=cam.rotation),
+                    static=True)
+            rec.log(f"{base}/world/answer_frame/boxes", rr.Boxes3D(
                 centers=[b["bbox_3d"][:3] for b in boxes], half_sizes=[np.asarray(b["bbox_3d"][3:6]) / 2 for b in boxes],
                 quaternions=[rr.Quaternion(xyzw=q) for q in quats], labels=[b["label"] for b in boxes]), static=True)
-            cam = Camera.from_gt(cameras[0])
             strips = [s for b in boxes for s in _strips(box_corners(b["bbox_3d"]), cam.K, cam.width, cam.height)]
             if strips:
                 rec.log(f"{base}/world/camera_0/image/answer_boxes", rr.LineStrips2D(strips), static=True)
@@ -88,12 +94,24 @@ def log_sample(rec: rr.RecordingStream, row: dict, root: str | Path) -> str:
     return base
 
 
+def sample_view(base: str, n_images: int, name: str) -> rrb.Container:
+    """One sample's tab: the 3D scene on the workspace | its images over the question and answer."""
+    scene = rrb.Spatial3DView(origin=f"{base}/world", name="scene", eye_controls=rrb.EyeControls3D(
+        position=WORKSPACE_EYE, look_target=WORKSPACE_TARGET, eye_up=(0, 0, 1)))
+    images = [rrb.Spatial2DView(origin=f"{base}/world/camera_{i}", name=f"image {i}") for i in range(n_images)]
+    qa = rrb.TextDocumentView(origin=f"{base}/qa", name="question / answer")
+    return rrb.Horizontal(scene, rrb.Vertical(rrb.Horizontal(*images), qa), column_shares=[1, 1], name=name)
+
+
 def visualize_samples(rows: list[dict], root: str | Path, output: str | Path, spawn: bool = False) -> Path:
     """Write the rows into a Rerun recording at `output` (.rrd); optionally open a viewer too."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    tabs = [sample_view(f"samples/{r['skill']}/{rr.escape_entity_path_part(str(r['id']))}", len(r["images"]),
+                        r["skill"]) for r in rows]
+    blueprint = rrb.Blueprint(rrb.Tabs(*tabs), collapse_panels=True) if tabs else None
     rec = rr.RecordingStream("vst_vla_spatial_samples")
-    rec.save(str(output))
+    rec.save(str(output), default_blueprint=blueprint)
     if spawn:
         rec.spawn(connect=False)
     for row in rows:
