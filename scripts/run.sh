@@ -11,12 +11,17 @@ VENV="$ROOT/.venv"
 
 # Debian packages: offscreen GL for MuJoCo (EGL/Mesa) and FFmpeg 5 libraries for torchcodec, which
 # LeRobot uses to decode dataset videos (without them it prints tracebacks and falls back to pyav).
+# Xvfb and Mesa's Vulkan driver (lavapipe) let the real Rerun viewer run headless: screenshots of
+# recordings (python -m vst_vla.viz.screenshot) and tests/test_rerun_viewer.py.
 ensure_system_packages() {
   local missing=()
   ldconfig -p | grep -q 'libEGL_mesa.so' || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
   ldconfig -p | grep -q 'libOpenGL.so.0' || missing+=(libopengl0)
   ldconfig -p | grep -q 'libavutil.so.57' || missing+=(libavutil57 libavcodec59 libavformat59 libavdevice59 \
     libavfilter8 libswscale6 libswresample4)
+  command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+  ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+  ldconfig -p | grep -q 'libvulkan.so.1' || missing+=(libvulkan1)
   [ ${#missing[@]} -eq 0 ] && return
   echo "[setup] installing Debian packages: ${missing[*]}"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
