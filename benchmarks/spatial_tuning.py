@@ -1,13 +1,26 @@
 """The CPU preset of VST's three stages end to end, measured on the held-out sim spatial benchmark.
 
-build tiny -> SFT (perception) -> CoT SFT (reasoning) -> GRPO (rule-checkable, VST reward), and the
-untuned model, the model after SFT and after GRPO answer the test split. Prints one JSON object as its
-last line: per-skill-group (scenario) and per-skill accuracy for each model, the blind-prior accuracy
-(most frequent train answer per skill) on the multiple-choice questions, the mean GRPO reward over the
-first and last 10 % of steps, and wall time. Goal (issue): MC accuracy after SFT >= blind prior + 15
-points averaged over skills; GRPO raises the mean reward.
+build tiny -> SFT (perception subset) -> CoT SFT (CoT subset) -> GRPO (RL subset, VST reward), plus a
+text-only blind baseline: the same model and SFT recipe trained and evaluated on a copy of the data
+whose images are uniform grey (`dataset.blank_images_copy`), so it scores what the question text alone
+gives away. Every model answers the test split, scored as VST's official code scores VSI-Bench
+(`scoring=official`). Also measures SFT throughput packed vs padded on the same batches.
 
-    python benchmarks/spatial_tuning.py                    # the CPU preset (about 30 min on 2 cores)
+The last stdout line is one JSON object: `mc_accuracy` {untuned, text_only_blind, sft, cot_sft, grpo}
+(mean over the multiple-choice skills), `per_skill` {model: {skill: score}}, `grpo_reward_first` /
+`grpo_reward_last` (mean over the first / last 10 % of steps), `grpo_truncation_rate`,
+`grpo_groups_kept_fraction`, `sft_samples_per_s_packed` / `_padded`, `eval_truncation_rate`, wall times.
+Goals (issue 13): sft >= text_only_blind + 0.15; grpo_reward_last >= first + 0.10 with truncation
+<= 0.05; grpo >= cot_sft; packed >= 2x padded.
+
+Why this CPU preset can learn: multiple-choice skills only, whose answer a 2-layer ViT can read from
+a 224x168 image (48 image tokens): which marked point / numbered box is nearer (image height and
+size are strong depth cues for the tilted front camera) and how the wrist camera moved (image shift
+between two frames). Letters and the asked relation are balanced by the data engine, so the blind
+baseline sits at chance; SFT's per-sample loss puts the whole gradient on those letters (no box
+JSON); GRPO trains the MC questions of the RL subset, where CoT SFT leaves rewards between 0 and 1.
+
+    python benchmarks/spatial_tuning.py                    # the CPU preset (about 60 min on 2 cores)
     python benchmarks/spatial_tuning.py --sft-steps 100    # shorter
 """
 
@@ -16,9 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -27,59 +40,74 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from vst_vla.backbone import BackboneConfig, build_backbone  # noqa: E402
-from vst_vla.spatial.dataset import SpatialDataConfig, generate_dataset, load_dataset  # noqa: E402
+from vst_vla.spatial.dataset import SpatialDataConfig, blank_images_copy, generate_dataset, load_dataset  # noqa: E402
 from vst_vla.spatial.evaluate import SpatialEvalConfig, run_eval  # noqa: E402
-from vst_vla.tuning.common import RunSettings  # noqa: E402
+from vst_vla.tuning.common import RunSettings, load_rows  # noqa: E402
 from vst_vla.tuning.grpo import GRPOConfig, reward_summary, train_grpo  # noqa: E402
-from vst_vla.tuning.sft import SFTConfig, train_sft  # noqa: E402
+from vst_vla.tuning.sft import SFTConfig, batch_loss, train_sft  # noqa: E402
 
-
-def blind_prior(data: Path) -> float:
-    """Accuracy of always giving the most frequent train answer of the question's skill (MC only)."""
-    ds = load_dataset(data)
-    train = [r for r in ds["train"] if r["answer_type"] == "multiple_choice" and not r["cot"]]
-    test = [r for r in ds["test"] if r["answer_type"] == "multiple_choice"]
-    most = {s: Counter(json.loads(r["ground_truth"])["choice"] for r in train if r["skill"] == s).most_common(1)
-            for s in {r["skill"] for r in test}}
-    per_skill = defaultdict(list)
-    for r in test:
-        guess = most[r["skill"]][0][0] if most[r["skill"]] else "A"
-        per_skill[r["skill"]].append(guess == json.loads(r["ground_truth"])["choice"])
-    return sum(sum(v) / len(v) for v in per_skill.values()) / len(per_skill)
+CPU_SKILLS = ["depth_comparison_points", "depth_comparison_boxes", "camera_motion"]
 
 
 def summarize(result: dict, data: Path) -> dict:
     ds = load_dataset(data)["test"]
-    scenario = {r["skill"]: r["scenario"] for r in ds}
-    mc_skills = {r["skill"] for r in ds if r["answer_type"] == "multiple_choice"}
+    mc_skills = sorted({r["skill"] for r in ds if r["answer_type"] == "multiple_choice"})
     skills = result["skills"]
-    groups = defaultdict(list)
-    for s, v in skills.items():
-        groups[scenario[s]].append(v["score"])
     mc = [skills[s]["accuracy"] for s in mc_skills if s in skills]
-    return {"score": round(result["score"], 4),
-            "mc_accuracy": round(sum(mc) / len(mc), 4) if mc else None,
-            "groups": {g: round(sum(v) / len(v), 4) for g, v in groups.items()},
-            "skills": {s: round(v["score"], 4) for s, v in skills.items()}}
+    return {"score": round(result["score"], 4), "mc_accuracy": round(sum(mc) / len(mc), 4) if mc else None,
+            "per_skill": {s: round(v["score"], 4) for s, v in skills.items()},
+            "truncation_rate": round(result.get("truncation_rate", 0.0), 4)}
 
 
-def evaluate(model: Path, data: Path, out: Path, name: str, max_new_tokens: int) -> dict:
-    result = run_eval(SpatialEvalConfig(dataset=str(data), split="test", model=str(model),
-                                        max_new_tokens=max_new_tokens, batch_size=16,
-                                        predictions=str(out / f"pred_{name}.jsonl"), output=str(out / f"eval_{name}.json")))
+def evaluate(model: Path, data: Path, out: Path, name: str) -> dict:
+    result = run_eval(SpatialEvalConfig(dataset=str(data), split="test", model=str(model), batch_size=16,
+                                        scoring="official", predictions=str(out / f"pred_{name}.jsonl"),
+                                        output=str(out / f"eval_{name}.json")))
     return summarize(result, data)
+
+
+def sft_throughput(data: Path, batch_size: int, pack_tokens: int, batches: int) -> dict:
+    """Samples/s of SFT steps (forward, backward, AdamW) on the same batches, packed and padded."""
+    from accelerate import Accelerator
+
+    rows = load_rows(data, "train", "perception").shuffle(seed=0)
+    out = {}
+    for name, pack in (("padded", 0), ("packed", pack_tokens)):
+        backbone = build_backbone(BackboneConfig(preset="tiny"))
+        accelerator = Accelerator(cpu=True)
+        optimizer = torch.optim.AdamW(backbone.model.parameters(), lr=1e-4)
+        model, optimizer = accelerator.prepare(backbone.model, optimizer)
+        model.train()
+        cfg = SFTConfig(data=str(data), pack_tokens=pack)
+        times = []
+        for b in range(batches + 1):  # the first batch warms up
+            batch = rows.select(range(b * batch_size, (b + 1) * batch_size)).to_list()
+            start = time.perf_counter()
+            batch_loss(model, backbone, batch, cfg, accelerator)
+            optimizer.step()
+            optimizer.zero_grad()
+            times.append(time.perf_counter() - start)
+        out[name] = round(batch_size / statistics.median(times[1:]), 2)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/bench/spatial_tuning")
-    ap.add_argument("--train-per-skill", type=int, default=120)
-    ap.add_argument("--test-per-skill", type=int, default=20)
-    ap.add_argument("--image", type=int, nargs=2, default=[160, 120])
-    ap.add_argument("--sft-steps", type=int, default=600)
-    ap.add_argument("--cot-steps", type=int, default=100)
+    ap.add_argument("--skills", nargs="+", default=CPU_SKILLS)
+    ap.add_argument("--train-per-skill", type=int, default=1000)
+    ap.add_argument("--test-per-skill", type=int, default=40)
+    ap.add_argument("--image", type=int, nargs=2, default=[224, 168])
+    ap.add_argument("--cot-fraction", type=float, default=0.2)
+    ap.add_argument("--rl-fraction", type=float, default=0.2)
+    ap.add_argument("--sft-steps", type=int, default=800)
+    ap.add_argument("--cot-steps", type=int, default=150)
     ap.add_argument("--grpo-steps", type=int, default=40)
+    ap.add_argument("--grpo-lr", type=float, default=5e-5)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--pack-tokens", type=int, default=1024)
+    ap.add_argument("--throughput-batches", type=int, default=6)
+    ap.add_argument("--throughput-per-skill", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,35 +115,69 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    generate_dataset(SpatialDataConfig(output=str(data), samples_per_skill=args.train_per_skill,
+    generate_dataset(SpatialDataConfig(output=str(data), skills=args.skills, samples_per_skill=args.train_per_skill,
                                        test_samples_per_skill=args.test_per_skill, image_width=args.image[0],
-                                       image_height=args.image[1], overwrite=True))
-    t_data = time.perf_counter() - start
+                                       image_height=args.image[1], cot_fraction=args.cot_fraction,
+                                       rl_fraction=args.rl_fraction, overwrite=True))
+    blind_data = blank_images_copy(data, out / "data_blind")
+    # throughput on VST-P's mix of answer lengths (letters to 3D-box JSON): every skill, a few samples each
+    mixed = out / "data_all_skills"
+    generate_dataset(SpatialDataConfig(output=str(mixed), samples_per_skill=args.throughput_per_skill,
+                                       test_samples_per_skill=1, image_width=args.image[0],
+                                       image_height=args.image[1], cot_fraction=0.0, rl_fraction=0.0,
+                                       overwrite=True))
+    wall = {"data": time.perf_counter() - start}
+
+    t = time.perf_counter()
+    speed = sft_throughput(mixed, args.batch_size, args.pack_tokens, args.throughput_batches)
+    wall["throughput"] = time.perf_counter() - t
+
     untuned = out / "untuned"
     build_backbone(BackboneConfig(preset="tiny")).save_pretrained(untuned)
-
-    lr = dict(lr_llm=1e-3, lr_vision=1e-3)
-    sft = train_sft(SFTConfig(data=str(data), cot="exclude", batch_size=args.batch_size, **lr,
-                              run=RunSettings(output_dir=str(out / "stage1_sft"), max_steps=args.sft_steps,
-                                              save_every=args.sft_steps, log_every=10)))
-    cot = train_sft(SFTConfig(data=str(data), cot="only", batch_size=args.batch_size, lr_llm=3e-4, lr_vision=3e-4,
-                              run=RunSettings(output_dir=str(out / "stage2_cot"), init_from=str(sft),
-                                              max_steps=args.cot_steps, save_every=args.cot_steps, log_every=10)))
-    grpo = train_grpo(GRPOConfig(data=str(data), lr=1e-4, prompts_per_step=4, group_size=5, max_new_tokens=96,
+    # a randomly initialised tiny model needs far larger rates than the paper's 5e-5 / 1e-5 / 1e-6
+    sft_recipe = dict(subset="perception", batch_size=args.batch_size, lr_llm=1e-3, lr_vision=1e-3,
+                      pack_tokens=args.pack_tokens)
+    stage = lambda name, steps, **kw: RunSettings(output_dir=str(out / name), max_steps=steps,  # noqa: E731
+                                                  save_every=steps, log_every=10, **kw)
+    t = time.perf_counter()
+    sft = train_sft(SFTConfig(data=str(data), **sft_recipe, run=stage("stage1_sft", args.sft_steps)))
+    wall["sft"] = time.perf_counter() - t
+    t = time.perf_counter()
+    blind = train_sft(SFTConfig(data=str(blind_data), **sft_recipe, run=stage("blind_sft", args.sft_steps)))
+    wall["blind_sft"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cot = train_sft(SFTConfig(data=str(data), subset="cot", batch_size=args.batch_size, lr_llm=3e-4, lr_vision=3e-4,
+                              pack_tokens=args.pack_tokens, run=stage("stage2_cot", args.cot_steps, init_from=str(sft))))
+    wall["cot_sft"] = time.perf_counter() - t
+    t = time.perf_counter()
+    grpo = train_grpo(GRPOConfig(data=str(data), answer_types=["multiple_choice"], lr=args.grpo_lr,
+                                 prompts_per_step=4, group_size=5, temperature=1.0,
                                  run=RunSettings(output_dir=str(out / "stage3_grpo"), init_from=str(cot),
                                                  max_steps=args.grpo_steps, save_every=args.grpo_steps, log_every=1)))
-    t_train = time.perf_counter() - start - t_data
-    results = {name: evaluate(path, data, out, name, 96) for name, path in
-               (("untuned", untuned), ("sft", sft), ("grpo", grpo))}
+    wall["grpo"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    results = {name: evaluate(path, data, out, name) for name, path in
+               (("untuned", untuned), ("sft", sft), ("cot_sft", cot), ("grpo", grpo))}
+    results["text_only_blind"] = evaluate(blind, blind_data, out, "text_only_blind")
+    wall["eval"] = time.perf_counter() - t
     rewards = reward_summary(out / "stage3_grpo", 0.1)
-    prior = blind_prior(data)
+    order = ("untuned", "text_only_blind", "sft", "cot_sft", "grpo")
+    mc = {name: results[name]["mc_accuracy"] for name in order}
     print(json.dumps({
-        "accuracy": results, "blind_prior_mc_accuracy": round(prior, 4),
-        "sft_mc_minus_blind_points": round(100 * (results["sft"]["mc_accuracy"] - prior), 2),
-        "grpo_reward_first_10pct": round(rewards["first"], 4), "grpo_reward_last_10pct": round(rewards["last"], 4),
+        "mc_accuracy": mc,
+        "per_skill": {name: results[name]["per_skill"] for name in order},
+        "score": {name: results[name]["score"] for name in order},
+        "sft_minus_blind": round(mc["sft"] - mc["text_only_blind"], 4),
+        "grpo_reward_first": round(rewards["first"], 4), "grpo_reward_last": round(rewards["last"], 4),
+        "grpo_truncation_rate": round(rewards["truncation_rate"], 4),
+        "grpo_groups_kept_fraction": round(rewards["kept_fraction"], 4),
+        "sft_samples_per_s_packed": speed["packed"], "sft_samples_per_s_padded": speed["padded"],
+        "eval_truncation_rate": {name: results[name]["truncation_rate"] for name in order},
+        "scoring": "official", "skills": args.skills, "image": args.image,
         "steps": {"sft": args.sft_steps, "cot": args.cot_steps, "grpo": args.grpo_steps},
         "train_per_skill": args.train_per_skill, "test_per_skill": args.test_per_skill,
-        "wall_s": {"data": round(t_data, 1), "train": round(t_train, 1), "total": round(time.perf_counter() - start, 1)},
+        "wall_s": {k: round(v, 1) for k, v in {**wall, "total": time.perf_counter() - start}.items()},
     }))
 
 

@@ -160,3 +160,27 @@ def generate_dataset(cfg: SpatialDataConfig, source: SceneSource | None = None) 
 def load_dataset(path: str | Path) -> datasets.DatasetDict:
     """The DatasetDict written by `generate_dataset` (images resolve under `path`)."""
     return datasets.load_from_disk(str(path))
+
+
+def blank_images_copy(src: str | Path, dst: str | Path, grey: int = 128) -> Path:
+    """A copy of a saved spatial dataset with every image replaced by a uniform grey one of the same size.
+
+    The text-only ("blind") baseline trains and is evaluated on it with the same model and recipe: it
+    sees the same prompts, the same number of image tokens, the same answers, only no pixels, so what
+    it scores is what the questions and options alone give away."""
+    import numpy as np
+    from PIL import Image
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.png", "*.jpg", "*.jpeg"))
+    for path in src.rglob("*"):
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            with Image.open(path) as img:
+                width, height = img.size
+            out = dst / path.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out.with_suffix(".png")) if path.suffix.lower() == ".png" else str(out),
+                        np.full((height, width, 3), grey, np.uint8))
+    return dst

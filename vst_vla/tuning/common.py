@@ -86,6 +86,20 @@ def load_rows(path: str | Path, split: str, subset: str = "all", answer_types: t
     return ds
 
 
+# Below these many optimiser steps a stage is a smoke run: it checks the plumbing, it does not learn
+# (the CPU benchmark preset, benchmarks/spatial_tuning.py, needs ~800 SFT and ~40 GRPO steps).
+LEARNING_STEPS = {"sft": 200, "grpo": 20}
+
+
+def smoke_note(stage: str, steps: int, samples_per_step: int, n_rows: int) -> str | None:
+    """A plain sentence when the settings are too small to learn anything, else None."""
+    if steps >= LEARNING_STEPS[stage]:
+        return None
+    return (f"{stage}: {steps} steps x {samples_per_step} samples ({steps * samples_per_step / n_rows:.1f} passes "
+            f"over {n_rows} rows) are smoke settings, too few to learn; a stage that learns needs "
+            f">= {LEARNING_STEPS[stage]} steps (see benchmarks/spatial_tuning.py)")
+
+
 def make_accelerator(run: RunSettings, grad_accum: int = 1, backbone: BackboneConfig | None = None) -> Accelerator:
     mp = run.mixed_precision
     if mp == "auto":

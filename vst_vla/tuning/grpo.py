@@ -31,7 +31,7 @@ from vst_vla.backbone import BackboneConfig, build_backbone
 from vst_vla.spatial.rewards import reward
 from vst_vla.tuning.common import (RULE_CHECKABLE, Curves, LoraSettings, RunSettings, backbone_config,
                                    latest_checkpoint, load_checkpoint, load_rows, make_accelerator,
-                                   param_groups, save_checkpoint, save_final)
+                                   param_groups, save_checkpoint, save_final, smoke_note)
 from vst_vla.tuning.rollouts import answer_budgets, generate, length_mask
 from vst_vla.tuning.sft import apply_lora
 
@@ -174,6 +174,9 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         budgets = dict.fromkeys(budgets, cfg.max_new_tokens)
     if accelerator.is_main_process:
         print(f"grpo: {len(rows)} questions of subset {cfg.subset!r}; token budgets {budgets}")
+        note = smoke_note("grpo", run.max_steps, cfg.prompts_per_step * accelerator.num_processes, len(rows))
+        if note:
+            print(note)
     optimizer = torch.optim.AdamW(param_groups(backbone.model, cfg.lr, cfg.lr, 0.0))
     model, optimizer = accelerator.prepare(backbone.model, optimizer)
 

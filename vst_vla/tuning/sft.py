@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 from vst_vla.backbone import BackboneConfig, build_backbone
 from vst_vla.tuning.common import (Curves, LoraSettings, RunSettings, backbone_config, latest_checkpoint,
                                    load_checkpoint, load_rows, make_accelerator, param_groups, save_checkpoint,
-                                   save_final)
+                                   save_final, smoke_note)
 from vst_vla.tuning.packing import encode_packs, encode_padded, sample_losses, token_losses
 
 
@@ -94,6 +94,9 @@ def train_sft(cfg: SFTConfig) -> Path:
         backbone.model = apply_lora(backbone.model, cfg.lora)
     rows = load_rows(cfg.data, cfg.split, cfg.subset, max_samples=cfg.max_samples)
     loader = DataLoader(rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=list)
+    note = smoke_note("sft", run.max_steps, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, len(rows))
+    if note and accelerator.is_main_process:
+        print(note)
     optimizer = torch.optim.AdamW(param_groups(backbone.model, cfg.lr_llm, cfg.lr_vision, cfg.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * run.max_steps), run.max_steps)
     # the scheduler is stepped by hand once per optimiser step (accelerate would step it per process)
