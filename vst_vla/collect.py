@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from tqdm import tqdm
 from lerobot_env_vst_vla import FAMILIES, ScriptedExpert, SpatialTabletopEnv
 from lerobot_env_vst_vla.env import ACTION_NAMES
 from lerobot_env_vst_vla.robot import MOTOR_KEYS
+
+from .policy.stats import write_global_stats
 
 log = logging.getLogger(__name__)
 SCENE_DIR = Path("meta") / "vst_scene"
@@ -117,6 +121,9 @@ def collect(cfg: CollectConfig) -> Path:
     ds, done = _open_dataset(cfg)
     root = Path(cfg.root)
     stats = {}
+    # SIGTERM (a job scheduler, `kill`) would skip `finally` and leave LeRobot's parquet files without
+    # their footers: turn it into KeyboardInterrupt so the episodes saved so far are finalised and kept.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         for family in cfg.tasks:
             env = SpatialTabletopEnv(task=family, cameras=tuple(cfg.cameras), observation_width=cfg.image_size,
@@ -148,9 +155,18 @@ def collect(cfg: CollectConfig) -> Path:
             env.close()
     finally:
         ds.finalize()
+        if ds.meta.total_episodes:
+            # LeRobot averages per-episode quantiles, far too narrow for our data: store exact global ones
+            write_global_stats(root)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     log.info("collected %s into %s", stats, root)
     print(json.dumps({"dataset": str(root), "episodes": ds.meta.total_episodes, "per_task": stats}))
     return root
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int) -> tuple[bool, list[dict]]:
