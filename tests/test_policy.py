@@ -167,12 +167,27 @@ def test_tokens_cached_decoding_matches_a_full_forward(policies):
     cfg = policy.config
     batch = make_batch(cfg)
     bins = quantize(policy.predict_action_chunk(batch), cfg.n_bins).flatten(1)
-    tokens = policy.first_action_id + bins
     with torch.no_grad():
-        hidden = policy._run_vlm(policy._encode_prefix(batch), suffix_ids=tokens[:, :-1]).last_hidden_state
-    rows = policy.vlm.lm_head.weight[policy.first_action_id: policy.first_action_id + cfg.n_bins]
-    logits = hidden[:, -tokens.shape[1]:] @ rows.T
+        suffix = policy.action_tokens.embed(bins[:, :-1])
+        hidden = policy._run_vlm(policy._encode_prefix(batch), suffix_embeds=suffix).last_hidden_state
+    logits = policy.action_tokens.logits(hidden[:, -bins.shape[1]:])
     assert torch.equal(logits.argmax(-1), bins)
+
+
+def test_tokens_head_trains_only_what_it_decodes():
+    """Loss over the 256 action rows only; frozen LLM weights (embeddings, lm_head) stay frozen; rows distinct."""
+    policy = VSTVLAPolicy(make_config("tokens", freeze_llm=True))
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert {"action_tokens.input", "action_tokens.output"} <= trainable
+    assert not any(n.startswith("vlm.lm_head") or "embed_tokens" in n for n in trainable)
+    rows = policy.action_tokens.output
+    sims = torch.nn.functional.cosine_similarity(rows[:, None], rows[None], dim=-1) - torch.eye(len(rows))
+    assert sims.abs().max() < 0.5  # no two bins start alike
+    batch = make_batch(policy.config)
+    loss, _ = policy.forward(batch)
+    loss.backward()
+    assert policy.action_tokens.output.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in policy.named_parameters() if not p.requires_grad)
 
 
 def test_left_padding_does_not_change_a_sample(policies):
@@ -227,7 +242,7 @@ def test_freezing_lora_and_param_groups():
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and not any(".visual." in n for n in trainable)
     assert not any("layers.0.self_attn.q_proj.base_layer" in n for n in trainable)  # LLM base frozen
-    assert "vlm.lm_head.weight" in trainable  # the new action-token rows must learn
+    assert "vlm.lm_head.weight" not in trainable and "action_tokens.output" in trainable  # only decoded rows
     assert "state_proj.weight" in trainable
     assert len(policy.get_optim_params()) == 1  # no trainable vision parameters, no vision group
 

@@ -11,7 +11,7 @@ optional robot state and the task, and one of two heads produces actions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
@@ -46,6 +46,14 @@ class VSTVLAConfig(PreTrainedConfig):
     n_action_steps: int | None = None  # actions executed per call; None: chunk_size
     # None: VISUAL identity, STATE mean/std, ACTION quantiles (tokens) or mean/std (flow)
     normalization_mapping: dict[str, NormalizationMode] | None = None
+    # Relative actions (OpenPI's DeltaActions, LeRobot's relative_actions_processor): the model predicts
+    # joint targets minus the current joint state, the postprocessor adds the state back. A policy from
+    # scratch then starts near "hold still" instead of "go to the mean pose", and learns several times
+    # faster. Normalisation statistics must then describe the relative chunk: `vst-vla train-policy`
+    # computes them (vst_vla/policy/stats.py); for lerobot-train, set use_relative_actions=false.
+    use_relative_actions: bool = True
+    relative_exclude_joints: list[str] = field(default_factory=lambda: ["gripper"])  # kept absolute
+    action_feature_names: list[str] | None = None  # filled from the dataset; None: every dimension relative
 
     # tokens head
     n_bins: int = 256
@@ -69,11 +77,15 @@ class VSTVLAConfig(PreTrainedConfig):
 
     # --- optimiser (lerobot-train uses these presets unless told otherwise) ---
     optimizer_lr: float = 1e-4
-    vision_lr_scale: float = 0.1  # the ViT trains at a tenth of the LLM's rate, as in VST's SFT
+    # The ViT's rate relative to the LLM's. None: 0.1 for pretrained weights (backbone_path, as VST's SFT),
+    # 1.0 for a randomly initialised preset, whose ViT has everything to learn.
+    vision_lr_scale: float | None = None
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
     optimizer_eps: float = 1e-8
     optimizer_weight_decay: float = 1e-10
     optimizer_grad_clip_norm: float = 10.0
+    # lerobot-train scales both down to runs shorter than the decay (CosineDecayWithWarmupSchedulerConfig);
+    # `vst-vla train-policy` sizes its schedule as fractions of the run instead.
     scheduler_warmup_steps: int = 1_000
     scheduler_decay_steps: int = 30_000
     scheduler_decay_lr: float = 2.5e-6
@@ -84,6 +96,8 @@ class VSTVLAConfig(PreTrainedConfig):
             raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
         if self.n_obs_steps != 1:
             raise ValueError(f"vst_vla reads the current frame only: n_obs_steps must be 1, got {self.n_obs_steps}")
+        if self.vision_lr_scale is None:
+            self.vision_lr_scale = 0.1 if self.backbone_path else 1.0
         if self.chunk_size is None:
             self.chunk_size = DEFAULT_CHUNK_SIZE[self.action_head]
         if self.n_action_steps is None:

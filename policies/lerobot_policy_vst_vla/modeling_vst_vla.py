@@ -9,9 +9,12 @@ into Qwen2.5-VL patches here, in torch; `<|state|>`'s embedding is replaced by a
 the prefix starts at `attention_mask.sum(-1) + rope_deltas` (DESIGN §4).
 
 Heads:
-- `tokens` (VST paper, OpenVLA-style): each normalised action dimension becomes one of 256
-  `<|action_i|>` tokens; training is next-token cross-entropy over the T·A action tokens, inference
-  decodes them greedily over the action tokens only, one token at a time on the KV cache.
+- `tokens` (VST paper, OpenVLA-style): each normalised action dimension becomes one of 256 action
+  tokens; training is next-token cross-entropy over the T·A action tokens, inference decodes them
+  greedily, one token at a time on the KV cache. The 256 tokens have their own input embeddings and
+  output rows (`ActionTokens`): the loss is over exactly the rows that decoding chooses from, the
+  vocabulary's embedding and `lm_head` stay frozen when the LLM is (≈311M parameters on a 3B
+  backbone that otherwise trained), and every bin starts from a distinct row.
 - `flow` (pi0 / SmolVLA recipe): an action expert, a smaller transformer whose layer i attends
   jointly to its own action tokens and to the cached keys/values of one VLM layer. The prefix runs
   once per chunk; the 10 Euler steps only run the expert.
@@ -38,7 +41,7 @@ from torch import Tensor, nn
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_multimodal_rotary_pos_emb
 
-from vst_vla.backbone import Backbone, BackboneConfig, add_action_tokens, build_backbone
+from vst_vla.backbone import Backbone, BackboneConfig, build_backbone
 from vst_vla.backbone import resolve_device, resolve_dtype
 from vst_vla.backbone.qwen_format import IMAGE_TOKEN
 
@@ -89,6 +92,9 @@ class VSTVLAPolicy(PreTrainedPolicy):
         config.validate_features()
         if dataset_meta is not None:
             check_dataset_features(config, dataset_meta.features)
+            if config.action_feature_names is None:  # which dimension is the gripper, for relative actions
+                names = dataset_meta.features.get(ACTION, {}).get("names")
+                config.action_feature_names = list(names) if isinstance(names, list) else None
         self.config = config
 
         backbone = load_backbone(config, backbone_dir)
@@ -103,7 +109,8 @@ class VSTVLAPolicy(PreTrainedPolicy):
             self.state_proj = nn.Linear(config.state_dim, text.hidden_size)
 
         if config.action_head == "tokens":
-            self.first_action_id = backbone.action_token_ids[0]  # ids are contiguous: bin = id - first
+            self.action_tokens = ActionTokens(config.n_bins, self.vlm.get_input_embeddings().weight,
+                                              seed=config.backbone_seed)
         else:
             self.expert = ActionExpert(
                 action_dim=config.action_dim,
@@ -223,14 +230,17 @@ class VSTVLAPolicy(PreTrainedPolicy):
                       next_position=attention_mask.sum(-1) + rope_deltas[:, 0], pixel_values=pixel_values,
                       image_grid_thw=grid)
 
-    def _run_vlm(self, prefix: Prefix, suffix_ids: Tensor | None = None, use_cache: bool = False):
-        """The VLM over the prefix (vision tower included), optionally followed by text tokens."""
+    def _run_vlm(self, prefix: Prefix, suffix_embeds: Tensor | None = None, use_cache: bool = False):
+        """The VLM over the prefix (vision tower included), optionally followed by (action) token embeddings."""
         input_ids, embeds = prefix.input_ids, prefix.embeds
         attention_mask, position_ids = prefix.attention_mask, prefix.position_ids
-        if suffix_ids is not None:
-            n = suffix_ids.shape[1]
+        if suffix_embeds is not None:
+            n = suffix_embeds.shape[1]
+            # placeholder ids (never the image token): the embeddings carry the content
+            suffix_ids = torch.full(suffix_embeds.shape[:2], self.processor.tokenizer.pad_token_id,
+                                    dtype=input_ids.dtype, device=input_ids.device)
             input_ids = torch.cat([input_ids, suffix_ids], dim=1)
-            embeds = torch.cat([embeds, self.vlm.get_input_embeddings()(suffix_ids)], dim=1)
+            embeds = torch.cat([embeds, suffix_embeds], dim=1)
             attention_mask = torch.cat([attention_mask, torch.ones_like(suffix_ids)], dim=1)
             position_ids = torch.cat([position_ids, prefix.positions_after(0, n)], dim=2)
         # Explicit position_ids: the model then never falls back on its stateful rope_deltas.
@@ -242,10 +252,11 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
     def _token_loss(self, prefix: Prefix, actions: Tensor, valid: Tensor) -> tuple[Tensor, dict]:
         b, t, a = actions.shape
-        targets = (self.first_action_id + quantize(actions, self.config.n_bins)).flatten(1)  # (B, T·A), step-major
+        targets = quantize(actions, self.config.n_bins).flatten(1)  # (B, T·A) bins, step-major
         # Teacher forcing: the prefix's last position predicts the first action token, and so on.
-        hidden = self._run_vlm(prefix, suffix_ids=targets[:, :-1]).last_hidden_state[:, -t * a:]
-        logits = self.vlm.lm_head(hidden).float()  # over the whole vocabulary, as in the paper
+        suffix = self.action_tokens.embed(targets[:, :-1]).to(prefix.embeds.dtype)
+        hidden = self._run_vlm(prefix, suffix_embeds=suffix).last_hidden_state[:, -t * a:]
+        logits = self.action_tokens.logits(hidden).float()  # over the 256 bins decoding chooses from
         labels = targets.masked_fill(~valid.repeat_interleave(a, dim=1), IGNORE_INDEX)
         ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         mask = labels != IGNORE_INDEX
@@ -254,18 +265,17 @@ class VSTVLAPolicy(PreTrainedPolicy):
         return per_sample, {"action_token_accuracy": accuracy.item()}
 
     def _decode_tokens(self, prefix: Prefix) -> Tensor:
-        """Greedy over the action tokens only, one token per step on the KV cache: T·A steps."""
+        """Greedy over the action tokens, one token per step on the KV cache: T·A steps."""
         t, a, n = self.config.chunk_size, self.config.action_dim, self.config.n_bins
-        action_rows = self.vlm.lm_head.weight[self.first_action_id: self.first_action_id + n]
         out = self._run_vlm(prefix, use_cache=True)
         cache, attention_mask = out.past_key_values, prefix.attention_mask
         bins = []
         for k in range(t * a):
-            bins.append(F.linear(out.last_hidden_state[:, -1], action_rows).argmax(-1))
+            bins.append(self.action_tokens.logits(out.last_hidden_state[:, -1]).argmax(-1))
             if k == t * a - 1:
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-            embeds = self.vlm.get_input_embeddings()(self.first_action_id + bins[-1])[:, None]
+            embeds = self.action_tokens.embed(bins[-1])[:, None].to(prefix.embeds.dtype)
             out = self.vlm.model(inputs_embeds=embeds, attention_mask=attention_mask,
                                  position_ids=prefix.positions_after(k, 1), past_key_values=cache, use_cache=True)
         return dequantize(torch.stack(bins, dim=1).view(-1, t, a), n)
@@ -330,12 +340,11 @@ class VSTVLAPolicy(PreTrainedPolicy):
         llm_trainable = not (cfg.freeze_llm or cfg.lora_rank > 0)
         for name, param in llm.named_parameters():
             param.requires_grad_(llm_trainable or "lora_" in name)
-        self.vlm.lm_head.requires_grad_(llm_trainable)
+        # lm_head is never decoded from (the tokens head has its own rows, the flow head its expert); when it
+        # is tied to the input embeddings it is that same tensor and follows the LLM
+        if self.vlm.lm_head.weight is not self.vlm.get_input_embeddings().weight:
+            self.vlm.lm_head.requires_grad_(False)
         self.vlm.model.visual.requires_grad_(not cfg.freeze_vision)
-        if cfg.action_head == "tokens" and not llm_trainable:
-            # The added <|action_i|> rows start from a random guess: they must learn whatever else is frozen.
-            self.vlm.get_input_embeddings().requires_grad_(True)
-            self.vlm.lm_head.requires_grad_(True)
         if cfg.gradient_checkpointing:
             # The flow expert reads the LLM's KV cache, which HF drops under checkpointing: only the ViT then.
             target = self.vlm if cfg.action_head == "tokens" else self.vlm.model.visual
@@ -473,6 +482,28 @@ class ExpertLayer(nn.Module):
 # --- helpers -----------------------------------------------------------------------------------------
 
 
+class ActionTokens(nn.Module):
+    """The tokens head's 256 action tokens: input embeddings and output rows of their own.
+
+    Both start distinct: input rows at the scale of the vocabulary's embeddings (so they look like
+    tokens to the LLM), output rows random, so no two bins begin with the same logit.
+    """
+
+    def __init__(self, n_bins: int, vocab_embeddings: Tensor, seed: int = 0):
+        super().__init__()
+        width = vocab_embeddings.shape[1]
+        g = torch.Generator().manual_seed(seed + 17)
+        ref = vocab_embeddings.detach().float().cpu()
+        self.input = nn.Parameter(ref.mean(0) + ref.std() * torch.randn(n_bins, width, generator=g))
+        self.output = nn.Parameter(torch.randn(n_bins, width, generator=g) / width**0.5)
+
+    def embed(self, bins: Tensor) -> Tensor:
+        return F.embedding(bins, self.input)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return F.linear(hidden, self.output.to(hidden.dtype))
+
+
 def quantize(actions: Tensor, n_bins: int) -> Tensor:
     """Normalised actions in [-1, 1] → uniform bin indices in [0, n_bins); values outside are clipped."""
     return ((actions.clamp(-1, 1) + 1) / 2 * n_bins).floor().long().clamp(0, n_bins - 1)
@@ -488,12 +519,12 @@ def load_backbone(config: VSTVLAConfig, backbone_dir: str | Path | None) -> Back
 
     The skeleton is randomly initialised: the policy's model.safetensors holds the trained weights.
     """
-    n_action_tokens = config.n_bins if config.action_head == "tokens" else 0
+    # no vocabulary action tokens: the tokens head keeps its own rows (ActionTokens)
     if backbone_dir is None:
         return build_backbone(BackboneConfig(
             preset=config.backbone_preset, pretrained_path=config.backbone_path, device=config.device,
             dtype=config.backbone_dtype, attn_implementation=config.attn_implementation,
-            action_tokens=n_action_tokens, seed=config.backbone_seed))
+            action_tokens=0, seed=config.backbone_seed))
     device = resolve_device(config.device)
     qwen_config = Qwen2_5_VLConfig.from_pretrained(str(backbone_dir), local_files_only=True)
     model = Qwen2_5_VLForConditionalGeneration._from_config(
@@ -501,8 +532,7 @@ def load_backbone(config: VSTVLAConfig, backbone_dir: str | Path | None) -> Back
         attn_implementation=config.attn_implementation)
     processor = AutoProcessor.from_pretrained(str(backbone_dir), local_files_only=True)
     model = model.to(device).eval()
-    ids = add_action_tokens(model, processor, n_action_tokens) if n_action_tokens else []
-    return Backbone(model=model, processor=processor, action_token_ids=ids)
+    return Backbone(model=model, processor=processor, action_token_ids=[])
 
 
 def add_special_token(model, processor, token: str) -> int:

@@ -2,7 +2,8 @@
 
 The policy itself turns cameras and the task string into Qwen inputs (it owns the backbone's
 tokenizer and image geometry, so a checkpoint needs nothing else), hence the pipelines are LeRobot's
-canonical steps only: rename → batch → device → normalise, and unnormalise → cpu. The step names
+canonical steps: rename → batch → device → relative actions → normalise, and unnormalise → absolute
+actions → cpu. The step names
 (`rename_observations_processor`, `device_processor`, `normalizer_processor`,
 `unnormalizer_processor`) are what the lerobot scripts override.
 """
@@ -14,8 +15,10 @@ from typing import Any
 
 from lerobot.configs import NormalizationMode
 from lerobot.processor import (
+    AbsoluteActionsProcessorStep,
     PolicyAction,
     PolicyProcessorPipeline,
+    RelativeActionsProcessorStep,
     make_default_policy_processor_steps,
     make_policy_processor_pipelines,
 )
@@ -33,9 +36,14 @@ def make_vst_vla_pre_post_processors(
     PolicyProcessorPipeline[PolicyAction, PolicyAction],
 ]:
     steps = make_default_policy_processor_steps(config, with_quantile_fallback(config, dataset_stats))
+    # OpenPI's order: raw → relative → normalise → model → unnormalise → absolute
+    relative = RelativeActionsProcessorStep(enabled=config.use_relative_actions,
+                                            exclude_joints=list(config.relative_exclude_joints),
+                                            action_names=config.action_feature_names)
     return make_policy_processor_pipelines(
-        input_steps=[steps.rename_observations, steps.add_batch_dim, steps.to_device, steps.normalize],
-        output_steps=[steps.unnormalize, steps.to_cpu],
+        input_steps=[steps.rename_observations, steps.add_batch_dim, steps.to_device, relative, steps.normalize],
+        output_steps=[steps.unnormalize, AbsoluteActionsProcessorStep(enabled=config.use_relative_actions,
+                                                                      relative_step=relative), steps.to_cpu],
     )
 
 
