@@ -7,6 +7,7 @@ typed config. `vst-vla <stage> --help` prints the composed config; `--cfg` print
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from omegaconf import OmegaConf
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     if show_only:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return
+    if not logging.getLogger().handlers:  # progress of long stages (training, evaluation) on stderr
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
     resolve(fn_ref)(cfg)
 
 
