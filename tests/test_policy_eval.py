@@ -11,7 +11,8 @@ from rerun.experimental import RrdReader
 from vst_vla.cli import main as cli
 from vst_vla.collect import CollectConfig, collect
 from vst_vla.policy.evaluate import EXECUTED_ENTITY, PREDICTED_ENTITY, wilson_interval
-from vst_vla.policy.train import TrainPolicyConfig, lerobot_train_args
+from vst_vla.config import load_config
+from vst_vla.policy.train import TrainPolicyConfig, lr_lambda, make_policy_config
 
 IMAGE = 56
 
@@ -35,14 +36,33 @@ def test_wilson_interval_edges():
     assert lo95 < lo90 < 0.5 < hi90 < hi95
 
 
-def test_train_config_becomes_lerobot_train_flags():
-    args = lerobot_train_args(TrainPolicyConfig(
-        policy_type="act", policy_overrides={"chunk_size": 10, "image_size": [56, 56], "use_vae": False},
-        steps=7, output_dir="runs/x"))
-    assert "--policy.type=act" in args and "--steps=7" in args and "--output_dir=runs/x" in args
-    assert "--policy.image_size=[56,56]" in args and "--policy.use_vae=false" in args
+def test_train_config_builds_the_policy_config_and_names_bad_keys():
+    cfg = make_policy_config(TrainPolicyConfig(
+        policy_type="act", policy_overrides={"chunk_size": 10, "n_action_steps": 10, "use_vae": False,
+                                             "pretrained_backbone_weights": None}))
+    assert cfg.type == "act" and cfg.chunk_size == 10 and cfg.use_vae is False and cfg.pretrained_backbone_weights is None
+    with pytest.raises(ValueError, match="not fields of ACTConfig"):
+        make_policy_config(TrainPolicyConfig(policy_type="act", policy_overrides={"action_head": "flow"}))
     with pytest.raises(ValueError, match="vst_vla"):
-        lerobot_train_args(TrainPolicyConfig(policy_type="act", backbone_path="/nowhere"))
+        make_policy_config(TrainPolicyConfig(policy_type="act", policy_overrides={}, backbone_path="/nowhere"))
+
+
+def test_policy_overrides_replace_or_extend_the_yaml_dict():
+    """The README's `policy_type=act 'policy_overrides={...}'` must replace the vst_vla defaults, not merge."""
+    cfg = load_config("policy/train", TrainPolicyConfig,
+                      ["policy_type=act", "policy_overrides={pretrained_backbone_weights: null, chunk_size: 5}"])
+    assert cfg.policy_overrides == {"pretrained_backbone_weights": None, "chunk_size": 5}
+    cfg = load_config("policy/train", TrainPolicyConfig, ["policy_overrides.num_steps=3"])
+    assert cfg.policy_overrides["num_steps"] == 3 and cfg.policy_overrides["action_head"] == "flow"
+
+
+def test_schedule_is_sized_to_the_run():
+    total = [100]
+    f = lr_lambda(0.05, 0.1, total)
+    assert f(0) == pytest.approx(0.2) and f(4) == pytest.approx(1.0)  # 5 warmup steps of 100
+    assert f(99) == pytest.approx(0.1, abs=1e-3)  # decayed to the floor at the last step
+    total[0] = 50  # a time budget shrank the run: the decay follows
+    assert f(49) == pytest.approx(0.1, abs=1e-3)
 
 
 def _entities(path) -> dict[str, list]:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 
 import mujoco
 import numpy as np
@@ -28,6 +26,8 @@ import torch
 
 from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
 from lerobot_env_vst_vla.robot import JOINT_NAMES, from_so101_units
+
+from .metrics import wilson_interval  # noqa: F401  (re-exported: callers import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,8 @@ class EvalPolicyConfig:
     videos_per_family: int = 2  # first k episodes of each family as mp4 (0: none)
     rerun_per_family: int = 1  # first k episodes of each family as .rrd (0: none)
     confidence: float = 0.95
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    baseline: str | None = None  # do_nothing | random | blind_expert instead of policy_path
+    image_size: int = 112  # camera size for baselines (a policy's own size is read from its checkpoint)
 
 
 def eval_seed(base: int, family: str, k: int) -> int:
@@ -167,53 +157,78 @@ def _env_processors(family: str, loaded: LoadedPolicy, episode_length: int):
     return make_env_pre_post_processors(env_config(loaded, family, episode_length), loaded.policy.config)
 
 
-def run_episode(loaded: LoadedPolicy, env: SpatialTabletopEnv, seed: int, env_pre, env_post,
-                video_path: Path | None = None, rrd_path: Path | None = None) -> dict:
-    """One rollout; returns success, steps and the number of predicted chunks."""
-    from lerobot.envs.utils import preprocess_observation
+class PolicyAgent:
+    """A LeRobot policy behind the same small interface as the baselines: `reset`, `act` (env units)."""
 
-    policy, pre, post = loaded.policy, loaded.preprocessor, loaded.postprocessor
-    recorder = ChunkRecorder(policy)
+    needs_pixels = True
+
+    def __init__(self, loaded: LoadedPolicy, family: str, episode_length: int):
+        self.loaded = loaded
+        self.env_pre, self.env_post = _env_processors(family, loaded, episode_length)
+        self.recorder = ChunkRecorder(loaded.policy)
+        self.chunk: torch.Tensor | None = None  # the chunk predicted at the last step, if one was
+
+    def reset(self, env: SpatialTabletopEnv, seed: int) -> None:
+        self.loaded.policy.reset()
+        self.recorder.chunks.clear()
+
+    def act(self, obs: dict, env: SpatialTabletopEnv) -> np.ndarray:
+        from lerobot.envs.utils import preprocess_observation
+
+        batch = preprocess_observation(_batched(obs))
+        batch["task"] = [env.task_description]
+        batch = self.loaded.preprocessor(self.env_pre(batch))
+        with torch.inference_mode():
+            action = self.loaded.policy.select_action(batch)
+        self.chunk = self.recorder.pop()
+        return self.env_post({"action": self.loaded.postprocessor(action)})["action"].to("cpu").numpy()[0]
+
+    def predicted_path(self, fk: GripperFK, env: SpatialTabletopEnv) -> np.ndarray | None:
+        if self.chunk is None:
+            return None
+        return fk(_postprocess_chunk(self.loaded.postprocessor, self.chunk), env.data.qpos)
+
+    def close(self) -> None:
+        self.loaded.policy.predict_action_chunk = self.recorder._inner  # unwrap: the policy is reused
+
+
+def run_episode(agent, env: SpatialTabletopEnv, seed: int, video_path: Path | None = None,
+                rrd_path: Path | None = None) -> dict:
+    """One rollout of `agent` (a policy or a baseline); returns success and the metrics of `metrics.py`."""
+    from .metrics import EpisodeMetrics
+
     fk = GripperFK(env.model)
     rec = _open_recording(rrd_path, env) if rrd_path else None
     arm = _arm_logger(env) if rec is not None else None
     frames: list[np.ndarray] = []
     executed: list[np.ndarray] = []
 
-    policy.reset()
     obs, info = env.reset(seed=seed)
+    agent.reset(env, seed)
+    metrics = EpisodeMetrics(env)
     success, steps, n_chunks, t0 = bool(info.get("is_success", False)), 0, 0, time.perf_counter()
-    try:
-        while True:
-            executed.append(env.data.site("grasp").xpos.copy())
-            if video_path is not None:
-                frames.append(np.concatenate([obs["pixels"][c] for c in loaded.cameras], axis=1))
-            batch = preprocess_observation(_batched(obs))
-            batch["task"] = [env.task_description]
-            batch = pre(env_pre(batch))
-            with torch.inference_mode():
-                action = policy.select_action(batch)
-            action = env_post({"action": post(action)})["action"].to("cpu").numpy()[0]
-            chunk = recorder.pop()
-            if chunk is not None:
-                n_chunks += 1
-            if rec is not None:
-                _log_step(rec, env, obs, steps, action, np.array(executed),
-                          None if chunk is None else fk(_postprocess_chunk(post, chunk), env.data.qpos),
-                          log_static=steps == 0, arm=arm, success=success)
-            obs, _, terminated, truncated, info = env.step(action)
-            steps += 1
-            success = bool(info["is_success"])
-            if terminated or truncated:
-                break
-    finally:
-        policy.predict_action_chunk = recorder._inner  # unwrap: the policy is reused for the next episode
+    while True:
+        executed.append(env.data.site("grasp").xpos.copy())
+        if video_path is not None:
+            frames.append(np.concatenate([obs["pixels"][c] for c in env.cameras], axis=1))
+        action = agent.act(obs, env)
+        predicted = agent.predicted_path(fk, env) if hasattr(agent, "predicted_path") else None
+        n_chunks += getattr(agent, "chunk", None) is not None
+        if rec is not None:
+            _log_step(rec, env, obs, steps, action, np.array(executed), predicted,
+                      log_static=steps == 0, arm=arm, success=success)
+        obs, _, terminated, truncated, info = env.step(action)
+        metrics.update()
+        steps += 1
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
     if video_path is not None:
         from lerobot.utils.io_utils import write_video
 
         video_path.parent.mkdir(parents=True, exist_ok=True)
         write_video(video_path, frames, fps=env.fps)
-    result = {"seed": seed, "success": success, "steps": steps, "chunks": n_chunks,
+    result = {"seed": seed, **metrics.result(success), "steps": steps, "chunks": n_chunks,
               "seconds": round(time.perf_counter() - t0, 3), "instruction": env.task_description}
     if rec is not None:
         _close_recording(rec, env, steps, result)
@@ -278,17 +293,11 @@ def _log_step(rec, env: SpatialTabletopEnv, obs: dict, step: int, action: np.nda
 
 # ----------------------------------------------------------------------------------------- report
 def _summarise(per_family: dict[str, list[dict]], confidence: float) -> dict:
-    out = {}
-    for family, episodes in per_family.items():
-        n, k = len(episodes), sum(e["success"] for e in episodes)
-        low, high = wilson_interval(k, n, confidence)
-        out[family] = {"n_episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
-                       "ci_low": low, "ci_high": high, "episodes": episodes}
-    n = sum(v["n_episodes"] for v in out.values())
-    k = sum(v["successes"] for v in out.values())
-    low, high = wilson_interval(k, n, confidence)
-    return {"per_family": out, "overall": {"n_episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
-                                           "ci_low": low, "ci_high": high}}
+    from .metrics import summarise
+
+    out = {family: {**summarise(episodes, confidence), "episodes": episodes} for family, episodes in per_family.items()}
+    overall = summarise([e for episodes in per_family.values() for e in episodes], confidence)
+    return {"per_family": out, "overall": overall}
 
 
 def _print_table(report: dict) -> None:
@@ -296,45 +305,100 @@ def _print_table(report: dict) -> None:
     from rich.table import Table
 
     pct = f"{100 * report['confidence']:.0f}%"
-    table = Table(title=f"policy success — {report['policy_path']}")
-    for col in ("family", "episodes", "successes", "success", f"{pct} CI (Wilson)"):
+    table = Table(title=f"{report['agent']} — success and the metrics that move before it")
+    for col in ("family", "episodes", "success", f"{pct} CI (Wilson)", "reached", "correct object", "lifted",
+                "closest cm"):
         table.add_column(col, justify="left" if col == "family" else "right")
     rows = [*report["per_family"].items(), ("overall", report["overall"])]
     for name, r in rows:
-        table.add_row(name, str(r["n_episodes"]), str(r["successes"]), f"{r['success_rate']:.2f}",
-                      f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
-    Console().print(table)
+        lo, hi = r["success"]["ci95"]
+        table.add_row(name, str(r["n_episodes"]), f"{r['success']['rate']:.2f}", f"[{lo:.2f}, {hi:.2f}]",
+                      f"{r['reached']['rate']:.2f}", f"{r['correct_object']['rate']:.2f}",
+                      f"{r['lifted']['rate']:.2f}", f"{r['closest_cm_mean']:.1f}")
+    Console(width=150).print(table)
+
+
+def check_disjoint_seeds(policy_path: str | Path, eval_seeds: set[int]) -> None:
+    """Evaluation seeds must not be scenes the policy was trained on (`vst-vla collect` records its seeds)."""
+    train_cfg = Path(policy_path) / "train_config.json"
+    if not train_cfg.is_file():
+        return  # not trained by `vst-vla train-policy` (e.g. lerobot-train): nothing recorded to compare with
+    root = Path(json.loads(train_cfg.read_text()).get("dataset_root", ""))
+    scene_dir = root / "meta" / "vst_scene"
+    if not scene_dir.is_dir():
+        return
+    import gzip
+
+    seeds = set()
+    for f in scene_dir.glob("episode_*.json.gz"):
+        with gzip.open(f, "rt") as fh:
+            head = fh.read(400)  # the seed is near the start of the header; avoid parsing every frame
+        key = '"seed": '
+        if key in head:
+            seeds.add(int(head.split(key, 1)[1].split(",", 1)[0]))
+    overlap = sorted(seeds & eval_seeds)
+    if overlap:
+        raise ValueError(f"evaluation seeds {overlap[:5]}… are training scenes of {policy_path} (dataset {root}); "
+                         "pick eval `seed` far from the collection seeds")
+
+
+def _check_action_space(loaded: LoadedPolicy, action_space: str) -> None:
+    from lerobot_env_vst_vla.env import ACTION_NAMES
+
+    shape = tuple(loaded.policy.config.output_features["action"].shape)
+    if shape != (len(ACTION_NAMES[action_space]),):
+        known = {k: len(v) for k, v in ACTION_NAMES.items()}
+        raise ValueError(f"the policy predicts actions of shape {shape}, but the env's {action_space!r} action space "
+                         f"has {len(ACTION_NAMES[action_space])} ({ACTION_NAMES[action_space]}); action sizes: {known}")
 
 
 def evaluate_policy(cfg: EvalPolicyConfig) -> dict:
+    """Roll a checkpoint (or, with `baseline`, a baseline) out per family; eval.json + a table."""
+    from .baselines import make_baseline
+
     unknown = [t for t in cfg.tasks if t not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known task families: {sorted(FAMILIES)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_policy(cfg.policy_path, cfg.device)
-    height, width = loaded.image_hw
+    seeds = {family: [eval_seed(cfg.seed, family, k) for k in range(cfg.episodes_per_family)] for family in cfg.tasks}
+    loaded = None
+    if cfg.baseline is None:
+        check_disjoint_seeds(cfg.policy_path, {s for v in seeds.values() for s in v})
+        loaded = load_policy(cfg.policy_path, cfg.device)
+        _check_action_space(loaded, "joint")
     per_family: dict[str, list[dict]] = {}
     videos, recordings = [], []
     for family in cfg.tasks:
-        env = SpatialTabletopEnv(task=family, cameras=tuple(loaded.cameras), observation_width=width,
-                                 observation_height=height, episode_length=cfg.episode_length, action_space="joint")
-        env_pre, env_post = _env_processors(family, loaded, cfg.episode_length)
+        agent = make_baseline(cfg.baseline) if loaded is None else PolicyAgent(loaded, family, cfg.episode_length)
+        cameras = tuple(loaded.cameras) if loaded else ("front", "wrist")
+        height, width = loaded.image_hw if loaded else (cfg.image_size, cfg.image_size)
+        pixels = agent.needs_pixels or cfg.videos_per_family > 0 or cfg.rerun_per_family > 0
+        env = SpatialTabletopEnv(task=family, cameras=cameras, observation_width=width, observation_height=height,
+                                 episode_length=cfg.episode_length, action_space="joint",
+                                 obs_type="pixels_agent_pos" if pixels else "agent_pos")
         per_family[family] = []
         try:
-            for k in range(cfg.episodes_per_family):
+            for k, seed in enumerate(seeds[family]):
                 video = out / "videos" / f"{family}_{k}.mp4" if k < cfg.videos_per_family else None
                 rrd = out / "rerun" / f"{family}_{k}.rrd" if k < cfg.rerun_per_family else None
-                result = run_episode(loaded, env, eval_seed(cfg.seed, family, k), env_pre, env_post, video, rrd)
+                result = run_episode(agent, env, seed, video, rrd)
                 per_family[family].append(result)
                 videos += [str(video)] if video else []
                 recordings += [str(rrd)] if rrd else []
-                log.info("%s episode %d: success=%s steps=%d", family, k, result["success"], result["steps"])
+                log.info("%s episode %d: success=%s closest=%.1f cm steps=%d", family, k, result["success"],
+                         result["closest_cm"], result["steps"])
         finally:
             env.close()
-    report = {"policy_path": str(cfg.policy_path), "config": asdict(cfg), "confidence": cfg.confidence,
-              **_summarise(per_family, cfg.confidence), "videos": videos, "recordings": recordings}
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
+            if hasattr(agent, "close"):
+                agent.close()
+    name = cfg.baseline or str(cfg.policy_path)
+    report = {"agent": name, "policy_path": None if cfg.baseline else str(cfg.policy_path), "config": asdict(cfg),
+              "confidence": cfg.confidence, **_summarise(per_family, cfg.confidence), "videos": videos,
+              "recordings": recordings}
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out / "eval.json")
     _print_table(report)
     print(f"eval report: {out / 'eval.json'}")
     return report
