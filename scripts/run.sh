@@ -3,7 +3,7 @@
 #   bash scripts/run.sh main   # the end-to-end default (offline, CPU)
 #   bash scripts/run.sh test   # the test suite
 # Set-up: Debian GL packages for offscreen MuJoCo rendering (when missing), a Python 3.12 venv in
-# .venv with the pinned packages of requirements.lock, and our three distributions in editable mode.
+# .venv with the pinned packages of requirements.lock, and our four distributions in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -40,7 +40,7 @@ find_python312() {
 
 ensure_venv() {
   local stamp="$VENV/.installed" want
-  want=$(cat requirements.lock pyproject.toml sim/pyproject.toml policies/pyproject.toml | sha256sum | cut -c1-16)
+  want=$(cat requirements.lock pyproject.toml sim/pyproject.toml policies/pyproject.toml robot/pyproject.toml | sha256sum | cut -c1-16)
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return
   if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV"
@@ -49,8 +49,8 @@ ensure_venv() {
   echo "[setup] installing pinned packages (first time: a few minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/python" -m pip install -q --no-deps -e . -e sim -e policies 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/python" -c "import vst_vla, lerobot_env_vst_vla, lerobot_policy_vst_vla, lerobot, mujoco" 
+  "$VENV/bin/python" -m pip install -q --no-deps -e . -e sim -e policies -e robot 2>&1 | grep -v "is ignored" || true
+  "$VENV/bin/python" -c "import vst_vla, lerobot_env_vst_vla, lerobot_policy_vst_vla, lerobot_robot_vst_sim, lerobot, mujoco" 
   echo "$want" > "$stamp"
 }
 

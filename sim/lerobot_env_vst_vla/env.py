@@ -153,16 +153,38 @@ class SpatialTabletopEnv(gym.Env):
                              f"expects {self.action_space.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or inf: {action.tolist()}")
-        self.data.ctrl[:] = self._control_target(action)
+        success = self.advance(self._control_target(action))
+        truncated = self._steps >= self._max_episode_steps
+        return self._observation(), float(success), success, truncated, self._info(success)
+
+    def advance(self, ctrl: np.ndarray | None = None) -> bool:
+        """One control period of physics with actuator targets `ctrl` (radians; None keeps the last ones,
+        as servos hold their goal), then the success bookkeeping. Returns whether the goal state holds.
+
+        `step()` is `advance(<the action's targets>)` plus an observation; a robot driver that commands
+        joints on its own clock (lerobot_robot_vst_sim) calls this directly."""
+        if self.episode is None:
+            raise RuntimeError("call reset() before advance()")
+        if ctrl is not None:
+            lo, hi = self.model.actuator_ctrlrange.T
+            self.data.ctrl[:] = np.clip(np.asarray(ctrl, dtype=np.float64), lo, hi)
         for _ in range(self.n_substeps):
             mujoco.mj_step(self.model, self.data)
         self._steps += 1
         self._track_lifted()
         goal = self.family.success(self) and self.object_speed(self.episode.target) < REST_SPEED
         self._goal_streak = self._goal_streak + 1 if goal else 0
-        success = self._goal_streak >= SUCCESS_HOLD_STEPS
-        truncated = self._steps >= self._max_episode_steps
-        return self._observation(), float(success), success, truncated, self._info(success)
+        return self._goal_streak >= SUCCESS_HOLD_STEPS
+
+    @property
+    def is_success(self) -> bool:
+        """Whether the goal state has held for SUCCESS_HOLD_STEPS control periods up to now."""
+        return self._goal_streak >= SUCCESS_HOLD_STEPS
+
+    def command_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """The actuators' accepted targets in so101_follower units (degrees; gripper 0-100), joint order."""
+        lo, hi = to_so101_units(self.model.actuator_ctrlrange.T.copy())
+        return lo, hi
 
     def render(self):
         return self.render_camera("front")

@@ -1,0 +1,12 @@
+"""LeRobot robot plugin of vst-vla (the lerobot CLIs import it by its distribution name).
+
+- `vst_sim_so101`: the MuJoCo SO-101 tabletop of lerobot_env_vst_vla behind LeRobot's Robot contract.
+- `SafetyGuard`: the safety layer (validation, limits, rate limits, watchdog, stale inputs, e-stop).
+"""
+
+from .config_vst_sim_so101 import VstSimCameraConfig, VstSimSO101Config
+from .safety import Decision, EStop, JsonlLog, SafetyConfig, SafetyGuard
+from .vst_sim_so101 import VstSimSO101, instruction_for
+
+__all__ = ["Decision", "EStop", "JsonlLog", "SafetyConfig", "SafetyGuard", "VstSimCameraConfig",
+           "VstSimSO101", "VstSimSO101Config", "instruction_for"]
