@@ -30,10 +30,9 @@ from vst_vla.backbone import (  # noqa: E402
     encode_for_training,
     generate_answers,
 )
-from vst_vla.backbone.build import TINY_TOKENIZER_DIR  # noqa: E402
-from vst_vla.backbone.chat import IGNORE_INDEX  # noqa: E402
-from vst_vla.backbone.make_tokenizer import write_tokenizer  # noqa: E402
-from vst_vla.backbone.qwen_format import QWEN_ADDED_TOKENS, THINK_TOKENS  # noqa: E402
+from lerobot_policy_vst_vla.backbone.build import TINY_TOKENIZER_DIR  # noqa: E402
+from lerobot_policy_vst_vla.backbone.make_tokenizer import write_tokenizer  # noqa: E402
+from lerobot_policy_vst_vla.backbone.qwen_format import IGNORE_INDEX, QWEN_ADDED_TOKENS, THINK_TOKENS  # noqa: E402
 
 TOKENS_224 = 64  # 224² → 16×16 patches of 14 px → 8×8 after the 2×2 merge
 

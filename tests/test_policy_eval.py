@@ -121,8 +121,7 @@ def test_eval_policy_reports_records_and_films(checkpoint, tmp_path):
 
 def test_train_policy_on_a_tuned_backbone_run_folder(checkpoint, tmp_path):
     """`backbone_path` takes a `vst-vla sft/grpo` run folder and trains on its `final/` checkpoint."""
-    from vst_vla.backbone.build import build_backbone
-    from vst_vla.backbone.config import BackboneConfig
+    from lerobot_policy_vst_vla.backbone import BackboneConfig, build_backbone
 
     build_backbone(BackboneConfig(preset="tiny", device="cpu")).save_pretrained(tmp_path / "sft_run" / "final")
     dataset = checkpoint.parents[3] / "ds"  # the module fixture's dataset

@@ -6,7 +6,7 @@ Prefix (both heads): the Qwen chat prompt
 left-padded over the batch so every prefix ends at the same index. Camera images are resized and cut
 into Qwen2.5-VL patches here, in torch; `<|state|>`'s embedding is replaced by a linear projection of
 `observation.state`; positions are Qwen's 3-D mRoPE ones from `get_rope_index`, so anything after
-the prefix starts at `attention_mask.sum(-1) + rope_deltas` (DESIGN §4).
+the prefix starts at `attention_mask.sum(-1) + rope_deltas` (Qwen2.5-VL's `get_rope_index` contract).
 
 Heads:
 - `tokens` (VST paper, OpenVLA-style): each normalised action dimension becomes one of 256 action
@@ -35,16 +35,13 @@ from lerobot.policies.common.vla_utils import create_sinusoidal_pos_embedding
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION, OBS_STATE
 from lerobot.utils.feature_utils import dataset_to_policy_features
-from peft import LoraConfig, inject_adapter_in_model
-from tokenizers import AddedToken
 from torch import Tensor, nn
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_multimodal_rotary_pos_emb
 
-from vst_vla.backbone import Backbone, BackboneConfig, build_backbone
-from vst_vla.backbone import resolve_device, resolve_dtype
-from vst_vla.backbone.qwen_format import IMAGE_TOKEN
-
+from .backbone import Backbone, BackboneConfig, add_lora, add_special_tokens, build_backbone
+from .backbone import resolve_device, resolve_dtype
+from .backbone.qwen_format import IGNORE_INDEX, IMAGE_TOKEN
 from .configuration_vst_vla import VSTVLAConfig
 
 BACKBONE_DIR = "backbone"  # inside a policy checkpoint: the Qwen config and processor, to rebuild offline
@@ -53,8 +50,6 @@ PROMPT = "What action should the robot take to {task}?"
 STATE_PROMPT = f"The robot's joint state is {STATE_TOKEN}.\n"
 TASK = "task"
 ACTION_IS_PAD = "action_is_pad"
-IGNORE_INDEX = -100
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # pi0's time conventions: t in [0.001, 1] when training, sinusoidal embedding periods 4e-3…4.
 TIME_SCALE, TIME_OFFSET = 0.999, 0.001
 TIME_MIN_PERIOD, TIME_MAX_PERIOD = 4e-3, 4.0
@@ -105,7 +100,8 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
         self.state_token_id = None
         if config.state_dim is not None:
-            self.state_token_id = add_special_token(self.vlm, self.processor, STATE_TOKEN)
+            # its embedding is always replaced by the state projection, so the new row's init is irrelevant
+            self.state_token_id = add_special_tokens(self.vlm, self.processor, [STATE_TOKEN])[0]
             self.state_proj = nn.Linear(config.state_dim, text.hidden_size)
 
         if config.action_head == "tokens":
@@ -223,7 +219,7 @@ class VSTVLAPolicy(PreTrainedPolicy):
             embeds = embeds.masked_scatter((input_ids == self.state_token_id)[..., None], state)
 
         pixel_values, grid = self._pixel_values(batch)
-        mm_token_type_ids = (input_ids == self.vlm.config.image_token_id).int()  # mRoPE needs it (DESIGN §4)
+        mm_token_type_ids = (input_ids == self.vlm.config.image_token_id).int()  # get_rope_index needs it for mRoPE
         position_ids, rope_deltas = self.vlm.model.get_rope_index(
             input_ids, mm_token_type_ids, image_grid_thw=grid, attention_mask=attention_mask)
         return Prefix(input_ids=input_ids, embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -334,9 +330,7 @@ class VSTVLAPolicy(PreTrainedPolicy):
         cfg = self.config
         llm = self.vlm.model.language_model
         if cfg.lora_rank > 0:
-            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=LORA_TARGETS)
-            inject_adapter_in_model(lora, llm)
+            add_lora(self.vlm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
         llm_trainable = not (cfg.freeze_llm or cfg.lora_rank > 0)
         for name, param in llm.named_parameters():
             param.requires_grad_(llm_trainable or "lora_" in name)
@@ -533,17 +527,6 @@ def load_backbone(config: VSTVLAConfig, backbone_dir: str | Path | None) -> Back
     processor = AutoProcessor.from_pretrained(str(backbone_dir), local_files_only=True)
     model = model.to(device).eval()
     return Backbone(model=model, processor=processor, action_token_ids=[])
-
-
-def add_special_token(model, processor, token: str) -> int:
-    """Add one special token (idempotent), growing the embeddings only if the vocabulary outgrows them."""
-    tokenizer = processor.tokenizer
-    if token not in tokenizer.added_tokens_encoder:
-        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        # Its embedding is always replaced by the state projection, so its initial value is irrelevant.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    return tokenizer.convert_tokens_to_ids(token)
 
 
 def check_dataset_features(config: VSTVLAConfig, dataset_features: dict) -> None:

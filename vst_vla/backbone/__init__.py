@@ -1,26 +1,49 @@
-"""The VLM backbone: Qwen2.5-VL-family models (tiny offline presets or local VST/Qwen checkpoints).
+"""The VLM backbone as vst_vla uses it: the model from the policy plugin, and spatial-QA rows as its inputs.
 
     backbone = build_backbone(BackboneConfig(preset="tiny"))
     batch = encode_for_training(backbone, rows, root)     # rows in vst_vla.spatial.schema format
     loss = backbone.model(**batch).loss
+
+The builder, presets, tokenizer and action tokens live in `lerobot_policy_vst_vla.backbone` (the
+policy plugin is built on them and must install without vst_vla); they are re-exported here so
+`from vst_vla.backbone import build_backbone` keeps working. `chat` (row encoding) and `precision`
+(training precision) are vst_vla's own.
 """
 
-from vst_vla.backbone.actions import action_token, add_action_tokens
-from vst_vla.backbone.build import Backbone, build_backbone, build_processor, resolve_device, resolve_dtype
+from lerobot_policy_vst_vla.backbone import (
+    IGNORE_INDEX,
+    LORA_TARGETS,
+    PRESETS,
+    Backbone,
+    BackboneConfig,
+    action_token,
+    add_action_tokens,
+    add_lora,
+    build_backbone,
+    build_processor,
+    merge_lora,
+    resolve_device,
+    resolve_dtype,
+    save_lora_adapters,
+)
 from vst_vla.backbone.chat import encode_for_generation, encode_for_training, generate_answers
-from vst_vla.backbone.config import PRESETS, BackboneConfig
 
 __all__ = [
+    "IGNORE_INDEX",
+    "LORA_TARGETS",
     "PRESETS",
     "Backbone",
     "BackboneConfig",
     "action_token",
     "add_action_tokens",
+    "add_lora",
     "build_backbone",
     "build_processor",
     "encode_for_generation",
     "encode_for_training",
     "generate_answers",
+    "merge_lora",
     "resolve_device",
     "resolve_dtype",
+    "save_lora_adapters",
 ]

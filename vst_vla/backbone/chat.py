@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vst_vla.backbone.build import Backbone
-from vst_vla.backbone.qwen_format import EOS_TOKEN
+from lerobot_policy_vst_vla.backbone.build import Backbone
+from lerobot_policy_vst_vla.backbone.qwen_format import EOS_TOKEN, IGNORE_INDEX
 from vst_vla.spatial.schema import to_messages
-
-IGNORE_INDEX = -100  # label of every token that is not part of the answer
 
 
 def encode_for_training(backbone: Backbone, rows: list[dict], root: str | Path) -> dict[str, torch.Tensor]:

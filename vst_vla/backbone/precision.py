@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vst_vla.backbone.build import resolve_dtype
+from lerobot_policy_vst_vla.backbone.build import resolve_dtype
 
 _AUTOCAST = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

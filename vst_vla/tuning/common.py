@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
-from vst_vla.backbone import BackboneConfig, resolve_device
+from vst_vla.backbone import LORA_TARGETS, BackboneConfig, merge_lora, resolve_device, save_lora_adapters
 from vst_vla.backbone.precision import training_precision
 
 RULE_CHECKABLE = ("multiple_choice", "number", "boxes_3d")
@@ -28,8 +28,7 @@ class LoraSettings:
     rank: int = 0  # 0: full fine-tune; > 0: LoRA adapters on the LLM's projections (peft)
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # of the language model
     merge_at_end: bool = True  # also write the merged full model next to the adapters
 
 
@@ -185,9 +184,10 @@ def save_final(accelerator: Accelerator, prepared_model, backbone, output_dir: s
     out = Path(output_dir)
     if accelerator.is_main_process:
         if lora.rank > 0:
-            _save_atomic(lambda d: model.save_pretrained(d, state_dict=state), out / "final_adapters")
-            model.load_state_dict(state)
-            model = model.merge_and_unload() if lora.merge_at_end else model
+            _save_atomic(lambda d: save_lora_adapters(model, d, state_dict=state), out / "final_adapters")
+            if lora.merge_at_end:
+                model.load_state_dict(state)
+                model = merge_lora(model)
             state = None
         if lora.rank == 0 or lora.merge_at_end:
             _save_atomic(lambda d: (model.save_pretrained(d, state_dict=state), backbone.processor.save_pretrained(d)),

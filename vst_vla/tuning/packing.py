@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vst_vla.backbone import encode_for_training
-from vst_vla.backbone.chat import IGNORE_INDEX
+from vst_vla.backbone import IGNORE_INDEX, encode_for_training
 
 
 def encode_padded(backbone, rows: list[dict], root: str) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vst_vla.backbone import encode_for_generation
-from vst_vla.backbone.qwen_format import EOS_TOKEN
+from lerobot_policy_vst_vla.backbone.qwen_format import EOS_TOKEN
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Loss on answer tokens only, averaged per sample (so a 150-token box answer and a 2-token letter weigh
 the same) and sequence packing (`packing.py`, as VST packs to 16 384 tokens); fp32 master weights with
-bf16 autocast on GPU (`backbone/precision.py`); full fine-tune with separate vision / LLM learning rates, or LoRA (peft);
+bf16 autocast on GPU (`vst_vla/backbone/precision.py`); full fine-tune with separate vision / LLM learning rates, or LoRA (peft);
 gradient accumulation, cosine schedule with warm-up, atomic checkpoints and exact resume through
 accelerate (run it with `accelerate launch` for DDP / FSDP on several GPUs or nodes).
 """
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vst_vla.backbone import BackboneConfig, build_backbone
+from vst_vla.backbone import BackboneConfig, add_lora, build_backbone
 from vst_vla.tuning.common import (Curves, LoraSettings, RunSettings, backbone_config, latest_checkpoint,
                                    load_checkpoint, load_rows, make_accelerator, param_groups, save_checkpoint,
                                    save_final, smoke_note)
@@ -51,12 +51,8 @@ class SFTConfig:
 
 
 def apply_lora(model, lora: LoraSettings):
-    from peft import LoraConfig, get_peft_model
-
-    # only the language model's projections: the vision tower keeps its weights (or trains with lr_vision)
-    targets = rf"model\.language_model\..*\.({'|'.join(lora.target_modules)})"
-    return get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=targets))
+    """The backbone's LoRA (the policy's too): the language model's projections; the vision tower keeps its weights."""
+    return add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
 
 
 def batch_loss(model, backbone, rows: list[dict], cfg: SFTConfig, accelerator) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""Train the tiny byte-level BPE tokenizer shipped in `vst_vla/assets/tiny_tokenizer/`.
+"""Train the tiny byte-level BPE tokenizer shipped in `lerobot_policy_vst_vla/assets/tiny_tokenizer/`.
 
-    python -m vst_vla.backbone.make_tokenizer [out_dir]
+    python -m lerobot_policy_vst_vla.backbone.make_tokenizer [out_dir]
 
 No pretrained VLM may be downloaded, so the tiny backbone gets its own tokenizer: Qwen2's
 pre-tokenizer (byte level, one digit per token) with a BPE vocabulary learnt from a fixed corpus of
@@ -20,8 +20,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
-from vst_vla.backbone.build import TINY_TOKENIZER_DIR
-from vst_vla.backbone.qwen_format import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, QWEN_ADDED_TOKENS, THINK_TOKENS
+from lerobot_policy_vst_vla.backbone.build import TINY_TOKENIZER_DIR
+from lerobot_policy_vst_vla.backbone.qwen_format import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, QWEN_ADDED_TOKENS, THINK_TOKENS
 
 BPE_VOCAB_SIZE = 4096  # byte alphabet + merges; the added tokens come on top
 MODEL_MAX_LENGTH = 32768

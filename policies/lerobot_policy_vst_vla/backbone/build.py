@@ -2,7 +2,7 @@
 
 Presets exist because no small pretrained VLM can be downloaded here: they have the real
 architecture (ViT with window attention + patch merger, 3-D mRoPE decoder) at toy sizes, and the
-tiny tokenizer in `vst_vla/assets/tiny_tokenizer/`, so every stage runs end to end on a CPU.
+tiny tokenizer in `lerobot_policy_vst_vla/assets/tiny_tokenizer/`, so every stage runs end to end on a CPU.
 Real runs point `pretrained_path` at Qwen2.5-VL-3B/7B-Instruct or VST-3B/7B-SFT/RL.
 """
 
@@ -24,9 +24,9 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from vst_vla.backbone.actions import add_action_tokens
-from vst_vla.backbone.config import PRESET_MAX_PIXELS, PRESET_MIN_PIXELS, PRESETS, BackboneConfig, Preset
-from vst_vla.backbone.qwen_format import (
+from lerobot_policy_vst_vla.backbone.actions import add_action_tokens
+from lerobot_policy_vst_vla.backbone.config import PRESET_MAX_PIXELS, PRESET_MIN_PIXELS, PRESETS, BackboneConfig, Preset
+from lerobot_policy_vst_vla.backbone.qwen_format import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
     IMAGE_TOKEN,
