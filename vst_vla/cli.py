@@ -1,6 +1,6 @@
 """`vst-vla <stage> [hydra overrides...]` — one subcommand per pipeline stage.
 
-Each stage reads `configs/<stage>.yaml` (see vst_vla/config.py) and runs one function with the
+Each stage reads `vst_vla/configs/<stage>.yaml` (see vst_vla/config.py) and runs one function with the
 typed config. `vst-vla <stage> --help` prints the composed config; `--cfg` prints it and exits.
 """
 
@@ -46,7 +46,10 @@ def resolve(ref: str):
 def _usage() -> str:
     lines = ["usage: vst-vla <stage> [key=value ...] [--config NAME] [--cfg]", "", "stages:"]
     lines += [f"  {name:<14} {spec[3]}" for name, spec in STAGES.items()]
-    lines += ["", "Overrides use hydra syntax, e.g. `vst-vla collect episodes_per_task=2 tasks=[stack]`."]
+    lines += ["", "Overrides use hydra syntax, e.g. `vst-vla collect episodes_per_task=2 tasks=[stack]`.",
+              "--config NAME  another YAML for the stage, by its name under the package's vst_vla/configs/",
+              "               without .yaml (e.g. `vst-vla sft --config tuning/stage1_sft_vst3b`)",
+              "--cfg          print the composed config and exit"]
     return "\n".join(lines)
 
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     if "--config" in args:  # another YAML for the same stage, e.g. --config tuning/stage1_sft_vst7b
         k = args.index("--config")
         if k + 1 >= len(args):
-            raise SystemExit("vst-vla: --config needs a config name under configs/, e.g. tuning/stage1_sft_vst3b")
+            raise SystemExit("vst-vla: --config needs a config name under vst_vla/configs/ (no .yaml), "
+                             "e.g. tuning/stage1_sft_vst3b")
         config_name, args = args[k + 1], args[:k] + args[k + 2:]
     show_only = "--cfg" in args or "--help" in args or "-h" in args
     overrides = [a for a in args if a not in {"--cfg", "--help", "-h"}]

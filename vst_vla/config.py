@@ -1,6 +1,6 @@
 """Hydra configs → typed dataclasses.
 
-Every stage has a YAML file under `configs/` (hydra syntax, defaults lists allowed) and a dataclass
+Every stage has a YAML file under `vst_vla/configs/`, shipped inside the package (hydra syntax, defaults lists allowed) and a dataclass
 schema next to its code. `load_config` composes the YAML with command-line overrides
 (`key=value`, `+new=value`, `group=option`) and validates the result against the schema, so a typo
 in a key is an error that names the key, not a silently ignored setting.
@@ -18,13 +18,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: found the same from a wheel
 
 T = TypeVar("T")
 
 
 def load_config(name: str, schema: type[T], overrides: list[str] | None = None) -> T:
-    """Compose `configs/<name>.yaml` with `overrides` and return it as an instance of `schema`."""
+    """Compose `vst_vla/configs/<name>.yaml` with `overrides` and return it as an instance of `schema`."""
     if not is_dataclass(schema):
         raise TypeError(f"schema for config {name!r} must be a dataclass, got {schema!r}")
     if not (CONFIG_DIR / f"{name}.yaml").is_file():

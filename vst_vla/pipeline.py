@@ -1,6 +1,6 @@
 """`vst-vla pipeline`: every stage in data-flow order, each with its own config plus small overrides.
 
-The default (configs/pipeline.yaml) is the README's main job: small, offline, CPU-only, end to end —
+The default (vst_vla/configs/pipeline.yaml) is the README's main job: small, offline, CPU-only, end to end —
 expert episodes → Rerun recording → spatial QA data → SFT → CoT SFT → GRPO → spatial benchmark →
 policy training on the episodes with the tuned backbone → policy evaluation in the sim.
 """
