@@ -49,7 +49,11 @@ ensure_venv() {
   echo "[setup] installing pinned packages (first time: a few minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/python" -m pip install -q --no-deps -e . -e sim -e policies -e robot 2>&1 | grep -v "is ignored" || true
+  # setuptools tells every editable install of a flat layout that folders named like the package may
+  # shadow it ("Editable installation. !! Please be careful ... !!", ten lines per distribution):
+  # informational, so filtered by its message; real warnings and errors still print.
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install -q --no-deps -e . -e sim -e policies -e robot 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -c "import vst_vla, lerobot_env_vst_vla, lerobot_policy_vst_vla, lerobot_robot_vst_sim, lerobot, mujoco" 
   echo "$want" > "$stamp"
 }

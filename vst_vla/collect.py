@@ -19,7 +19,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
+import datasets
 import numpy as np
+from lerobot.configs import RGBEncoderConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from tqdm import tqdm
 
@@ -31,6 +34,26 @@ from .policy.stats import write_global_stats
 
 log = logging.getLogger(__name__)
 SCENE_DIR = Path("meta") / "vst_scene"
+# LeRobot's default libsvtav1 preset is 12, which SVT-AV1 3.x runs as 10 (and says so on stderr):
+# ask for what actually runs.
+SVT_PRESET = 10
+
+
+def quiet_video_encoding() -> None:
+    """Keep LeRobot's video writes from flooding stderr, so a collect run prints progress and results.
+
+    - SVT-AV1 prints its banner, its settings and warnings such as "Failed to set thread priority"
+      (a nice level it may not take in a container) itself, not through libav; its `SVT_LOG`
+      environment variable (1 = errors only; 2 warnings, 3 info, the default) is read when an encoder
+      starts. A `SVT_LOG` set by the user wins.
+    - LeRobot hands libav's logging back to FFmpeg's own printer after each encode, whose default
+      level prints INFO lines such as "[mp4 @ …] Starting second pass" (episode videos concatenated
+      with movflags=faststart): warnings and errors only.
+    - `datasets` draws a "Map" progress bar for every episode LeRobot saves: off (ours stays).
+    """
+    os.environ.setdefault("SVT_LOG", "1")
+    av.logging.set_libav_level(av.logging.WARNING)
+    datasets.disable_progress_bars()
 
 
 @dataclass
@@ -101,7 +124,7 @@ def _open_dataset(cfg: CollectConfig) -> tuple[LeRobotDataset, dict[str, tuple[i
                     meta = json.load(f)
                 kept, attempt = done.get(meta["task_family"], (0, 0))
                 done[meta["task_family"]] = (kept + 1, max(attempt, meta["attempt"] + 1))
-            ds = LeRobotDataset.resume(cfg.repo_id, root=root)
+            ds = LeRobotDataset.resume(cfg.repo_id, root=root, rgb_encoder=RGBEncoderConfig(preset=SVT_PRESET))
             if ds.meta.total_episodes != len(scene_files):
                 raise RuntimeError(f"{root}: LeRobot episodes and {SCENE_DIR} files disagree; "
                                    "re-collect with overwrite=true")
@@ -109,7 +132,8 @@ def _open_dataset(cfg: CollectConfig) -> tuple[LeRobotDataset, dict[str, tuple[i
         else:
             raise FileExistsError(f"{root} already holds data: pass resume=true to append or overwrite=true to replace it")
     ds = LeRobotDataset.create(cfg.repo_id, fps=cfg.fps, features=dataset_features(cfg), root=root,
-                               robot_type="so101_follower", use_videos=True)
+                               robot_type="so101_follower", use_videos=True,
+                               rgb_encoder=RGBEncoderConfig(preset=SVT_PRESET))
     (root / SCENE_DIR).mkdir(parents=True, exist_ok=True)
     return ds, done
 
@@ -118,6 +142,7 @@ def collect(cfg: CollectConfig) -> Path:
     unknown = [t for t in cfg.tasks if t not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known task families: {sorted(FAMILIES)}")
+    quiet_video_encoding()
     ds, done = _open_dataset(cfg)
     root = Path(cfg.root)
     stats = {}
