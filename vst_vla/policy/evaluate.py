@@ -27,6 +27,7 @@ import torch
 from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
 from lerobot_env_vst_vla.robot import JOINT_NAMES, from_so101_units
 
+from ..collect import episode_seed
 from .metrics import wilson_interval  # noqa: F401  (re-exported: callers import it from here)
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ class EvalPolicyConfig:
     confidence: float = 0.95
     baseline: str | None = None  # do_nothing | random | blind_expert instead of policy_path
     image_size: int = 112  # camera size for baselines (a policy's own size is read from its checkpoint)
-
-
-def eval_seed(base: int, family: str, k: int) -> int:
-    return base + 100_000 * sorted(FAMILIES).index(family) + k
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -361,7 +358,7 @@ def evaluate_policy(cfg: EvalPolicyConfig) -> dict:
         raise ValueError(f"unknown tasks {unknown}; known task families: {sorted(FAMILIES)}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = {family: [eval_seed(cfg.seed, family, k) for k in range(cfg.episodes_per_family)] for family in cfg.tasks}
+    seeds = {family: [episode_seed(cfg.seed, family, k) for k in range(cfg.episodes_per_family)] for family in cfg.tasks}
     loaded = None
     if cfg.baseline is None:
         check_disjoint_seeds(cfg.policy_path, {s for v in seeds.values() for s in v})
