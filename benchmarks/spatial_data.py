@@ -20,16 +20,15 @@ import json
 import os
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from vst_vla.spatial.dataset import png_params  # noqa: E402
+from vst_vla.spatial.evaluate import blind_prior  # noqa: E402
 from vst_vla.spatial.generate import generate_samples  # noqa: E402
 from vst_vla.spatial.perception import SKILLS  # noqa: E402
 from vst_vla.spatial.perception.sim import SimScenes  # noqa: E402
@@ -54,22 +53,6 @@ def run_split(source, split: str, per_skill: int, seed: int) -> tuple[list, floa
     return samples, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def blind_prior(train: list, test: list) -> tuple[float, float, int]:
-    """(accuracy of the per-skill most frequent train letter on test MC, chance accuracy, #test MC)."""
-    letters = defaultdict(Counter)
-    for s in train:
-        if s.answer_type == "multiple_choice":
-            letters[s.skill][json.loads(s.ground_truth)["choice"]] += 1
-    mc = [s for s in test if s.answer_type == "multiple_choice"]
-    hits, chance = [], []
-    for s in mc:
-        gt = json.loads(s.ground_truth)
-        guess = letters[s.skill].most_common(1)[0][0] if letters[s.skill] else "A"
-        hits.append(guess == gt["choice"])
-        chance.append(1.0 / len(gt["options"]))
-    return float(np.mean(hits)), float(np.mean(chance)), len(mc)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-skill", type=int, default=30)
@@ -85,7 +68,8 @@ def main() -> None:
 
     train, wall, cpu = run_split(source, "train", args.per_skill, seed=0)
     test, test_wall, test_cpu = run_split(source, "test", args.test_per_skill, seed=1234)
-    prior, chance, n_mc = blind_prior(train, test)
+    prior, chance, n_mc = blind_prior(*([{"skill": s.skill, "answer_type": s.answer_type, "ground_truth": s.ground_truth}
+                                          for s in split] for split in (train, test)))
     n = len(train) + len(test)
     result = {
         "samples_per_s": round(n / (wall + test_wall), 1),

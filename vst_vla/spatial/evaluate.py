@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,27 @@ def load_eval_dataset(cfg: SpatialEvalConfig) -> datasets.Dataset:
             raise KeyError(f"{cfg.dataset}: no split {cfg.split!r}; splits: {list(data)}")
         data = data[cfg.split]
     return data
+
+
+def blind_prior(train: list[dict], test: list[dict]) -> tuple[float, float, int]:
+    """How far a blind answerer gets: on the test multiple-choice rows, always answer the letter most often
+    correct for that skill in train ("A" for a skill train never asks). Returns (its accuracy, chance
+    accuracy, number of test multiple-choice rows); balanced letters put the two together."""
+    letters: dict[str, Counter] = defaultdict(Counter)
+    for row in train:
+        if row["answer_type"] == "multiple_choice":
+            letters[row["skill"]][json.loads(row["ground_truth"])["choice"]] += 1
+    hits, chance = [], []
+    for row in test:
+        if row["answer_type"] != "multiple_choice":
+            continue
+        gt = json.loads(row["ground_truth"])
+        guess = letters[row["skill"]].most_common(1)[0][0] if letters[row["skill"]] else "A"
+        hits.append(guess == gt["choice"])
+        chance.append(1.0 / len(gt["options"]))
+    if not hits:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(hits)), float(np.mean(chance)), len(hits)
 
 
 def load_predictions(path: str | Path) -> dict[str, str]:
