@@ -203,8 +203,34 @@ class SpatialTabletopEnv(gym.Env):
         """Current joint angles in radians, so101 joint order."""
         return self.data.qpos[self._qadr].copy()
 
+    # The scene-state interface: what task predicates (tasks.base.SceneState) and the scripted expert
+    # read, besides `episode`, `action_mode` and `ik`. Everything returns copies in world frame (m, rad).
+    @property
+    def max_episode_steps(self) -> int:
+        """Steps after which an episode is truncated (`episode_length`)."""
+        return self._max_episode_steps
+
+    @property
+    def ee_target(self) -> np.ndarray:
+        """The ee_delta action spaces' commanded grasp point: the next delta moves it (reset: the grasp site)."""
+        return self._ee_target.copy()
+
+    @property
+    def ee_yaw(self) -> float:
+        """ee_delta_yaw's commanded jaw yaw relative to the arm's radial direction."""
+        return self._ee_yaw
+
+    def grasp_position(self) -> np.ndarray:
+        """Where the gripper grasps: the point between the jaw pads."""
+        return self.data.site("grasp").xpos.copy()
+
     def object_position(self, k: int) -> np.ndarray:
+        """World position of object k's body (k indexes `episode.objects`)."""
         return self.data.body(self.episode.objects[k].name).xpos.copy()
+
+    def object_orientation(self, k: int) -> np.ndarray:
+        """Object k's body orientation as a quaternion (w, x, y, z)."""
+        return self.data.body(self.episode.objects[k].name).xquat.copy()
 
     def object_speed(self, k: int) -> float:
         """Linear speed (m/s) of object k's body."""

@@ -1,5 +1,8 @@
 """Scripted expert: a top-down pick (and place) driven by IK on privileged state.
 
+Privileged state comes only through the env's scene-state interface (`grasp_position`,
+`object_position/orientation`, `joint_positions`, `ee_target`, `ee_yaw`, `max_episode_steps`; see env.py).
+
 It moves a commanded grasp point through waypoints at a bounded speed and returns actions in the
 env's own action space, so its demonstrations are exactly what a policy has to produce.
 """
@@ -51,7 +54,7 @@ class ScriptedExpert:
         self.target = ep.target if self._target is None else self._target
         self.place_xy = ep.place_xy if self._place_xy is None else self._place_xy
         self.place_height = ep.place_height if self._place_height is None else self._place_height
-        self.cmd = env.data.site("grasp").xpos.copy()
+        self.cmd = env.grasp_position()
         self.q_arm = env.joint_positions()[:5]
         self.gripper = GRIPPER_OPEN
         self.retries = 0
@@ -83,7 +86,7 @@ class ScriptedExpert:
         self.held = 0
 
     def _object_yaw(self) -> float:
-        quat = self.env.data.body(self.env.episode.objects[self.target].name).xquat
+        quat = self.env.object_orientation(self.target)
         w, x, y, z = quat
         return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
@@ -126,11 +129,11 @@ class ScriptedExpert:
         self.q_arm, _ = env.ik.solve(self.q_arm, self.cmd, DlsIK.top_down(yaw), iters=15)
         if env.action_mode == "joint":
             return to_so101_units(np.concatenate([self.q_arm, [self.gripper]])).astype(np.float32)
-        delta = np.clip(self.cmd - env._ee_target, -MAX_EE_STEP, MAX_EE_STEP)
+        delta = np.clip(self.cmd - env.ee_target, -MAX_EE_STEP, MAX_EE_STEP)
         opening = (self.gripper - GRIPPER_CLOSED) / (GRIPPER_OPEN - GRIPPER_CLOSED)
         if env.action_mode == "ee_delta_yaw":  # jaw yaw relative to the radial direction, wrapped to ±pi/2
             rel = (yaw - np.arctan2(self.cmd[1], self.cmd[0]) + np.pi / 2) % np.pi - np.pi / 2
-            dyaw = np.clip(rel - env._ee_yaw, -MAX_YAW_STEP, MAX_YAW_STEP)
+            dyaw = np.clip(rel - env.ee_yaw, -MAX_YAW_STEP, MAX_YAW_STEP)
             return np.array([*delta, dyaw, opening], dtype=np.float32)
         return np.array([*delta, opening], dtype=np.float32)
 
@@ -140,7 +143,7 @@ def run_expert_episode(env: SpatialTabletopEnv, seed: int, max_steps: int | None
     env.reset(seed=seed)
     expert = ScriptedExpert(env)
     success, steps = False, 0
-    for steps in range(1, (max_steps or env._max_episode_steps) + 1):
+    for steps in range(1, (max_steps or env.max_episode_steps) + 1):
         _, _, terminated, truncated, info = env.step(expert.act())
         success = info["is_success"]
         if terminated or truncated:

@@ -1,6 +1,6 @@
 """Task families: each samples spatial instructions with one correct answer and checks success from state."""
 
-from .base import Episode, TaskFamily
+from .base import Episode, SceneState, TaskFamily
 from .pick_extreme import PickExtreme
 from .pick_relation import PickByRelation
 from .place_relative import PlaceRelative
@@ -11,4 +11,4 @@ FAMILIES: dict[str, type[TaskFamily]] = {
     cls.name: cls for cls in (PickByRelation, PickExtreme, PlaceRelative, PutInContainer, StackByRelation)
 }
 
-__all__ = ["FAMILIES", "Episode", "TaskFamily"]
+__all__ = ["FAMILIES", "Episode", "SceneState", "TaskFamily"]

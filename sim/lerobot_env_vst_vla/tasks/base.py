@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from ..scene import COLORS, GRASPABLE, ObjectSpec, rest_height
-
-if TYPE_CHECKING:
-    from ..env import SpatialTabletopEnv
 
 # Table area the SO-101 reaches with a top-down grasp (robot base at the origin, facing +x).
 WORKSPACE_X = (0.14, 0.29)
@@ -29,6 +26,22 @@ class Episode:
     details: dict = field(default_factory=dict)  # family-specific ground truth (reference, relation, ...)
 
 
+class SceneState(Protocol):
+    """All that success predicates read of a scene (SpatialTabletopEnv provides it): the episode and,
+    per object index k into `episode.objects`, its position and whether the gripper holds or held it."""
+
+    episode: Episode
+
+    def object_position(self, k: int) -> np.ndarray:
+        """World position (m) of object k's body."""
+
+    def is_held(self, k: int) -> bool:
+        """Both jaw pads touch object k now."""
+
+    def was_lifted(self, k: int) -> bool:
+        """The gripper lifted object k at some step of this episode."""
+
+
 class TaskFamily(abc.ABC):
     """A family of spatial tasks: samples episodes (with paraphrased instructions) and checks success."""
 
@@ -40,7 +53,7 @@ class TaskFamily(abc.ABC):
         """An episode whose instruction has exactly one correct target, or None to resample."""
 
     @abc.abstractmethod
-    def success(self, env: SpatialTabletopEnv) -> bool:
+    def success(self, env: SceneState) -> bool:
         """Whether the current state completes the instruction; the env calls it a success only once it
         has held, with the target at rest, for `SUCCESS_HOLD_STEPS` consecutive steps."""
 
@@ -101,17 +114,17 @@ def in_workspace(xy, margin: float = 0.0) -> bool:
             and WORKSPACE_Y[0] + margin <= xy[1] <= WORKSPACE_Y[1] - margin)
 
 
-def resting_on_table(env: SpatialTabletopEnv, k: int, tol: float = 0.006) -> bool:
+def resting_on_table(env: SceneState, k: int, tol: float = 0.006) -> bool:
     obj = env.episode.objects[k]
     return abs(env.object_position(k)[2] - rest_height(obj.shape, obj.size)) < tol and not env.is_held(k)
 
 
-def lifted(env: SpatialTabletopEnv, k: int, height: float = 0.04) -> bool:
+def lifted(env: SceneState, k: int, height: float = 0.04) -> bool:
     obj = env.episode.objects[k]
     return env.object_position(k)[2] > rest_height(obj.shape, obj.size) + height and env.is_held(k)
 
 
-def placed(env: SpatialTabletopEnv, k: int) -> bool:
+def placed(env: SceneState, k: int) -> bool:
     """Object k was carried by the gripper this episode and is now released: what "put" asks for.
 
     Without the carry a push, or an arm flailing at random, could move an object into the goal.

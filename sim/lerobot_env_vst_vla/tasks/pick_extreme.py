@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import ObjectSpec
-from .base import Episode, TaskFamily, lifted, place_objects, random_color, random_graspable
+from .base import Episode, SceneState, TaskFamily, lifted, place_objects, random_color, random_graspable
 from .relations import MARGIN
 
 FRONT_CAMERA_XYZ = np.array([0.45, 0.0, 0.3])  # nominal; jitter (≤1.2 cm) stays well inside MARGIN
@@ -51,7 +51,7 @@ class PickExtreme(TaskFamily):
     def lookalikes(self, episode: Episode) -> list[dict]:
         return [{"target": k, "place_xy": None, "place_height": 0.0} for k in episode.details["group"]]
 
-    def success(self, env) -> bool:
+    def success(self, env: SceneState) -> bool:
         ep = env.episode
         others = [k for k in ep.details["group"] if k != ep.target]
         return lifted(env, ep.target) and not any(lifted(env, k) for k in others)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import CONTAINERS, ObjectSpec
-from .base import Episode, TaskFamily, lifted, place_objects, random_color, random_graspable
+from .base import Episode, SceneState, TaskFamily, lifted, place_objects, random_color, random_graspable
 from .relations import DIRECTIONS, MARGIN, distance, holds
 
 RELATIONS = (*DIRECTIONS, "nearest to", "farthest from")
@@ -55,6 +55,6 @@ class PickByRelation(TaskFamily):
     def lookalikes(self, episode: Episode) -> list[dict]:
         return [{"target": k, "place_xy": None, "place_height": 0.0} for k in (1, 2)]  # the twins
 
-    def success(self, env) -> bool:
+    def success(self, env: SceneState) -> bool:
         ep = env.episode
         return lifted(env, ep.target) and not lifted(env, ep.details["twin"])

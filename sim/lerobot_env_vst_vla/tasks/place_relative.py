@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import CONTAINERS, ObjectSpec
-from .base import (Episode, TaskFamily, in_workspace, is_free, place_objects, placed, random_color, random_graspable,
+from .base import (Episode, SceneState, TaskFamily, in_workspace, is_free, place_objects, placed, random_color, random_graspable,
                    resting_on_table)
 from .pick_relation import PHRASES
 from .relations import DIRECTIONS, distance, holds
@@ -49,7 +49,7 @@ class PlaceRelative(TaskFamily):
                             "place_height": episode.place_height})
         return out
 
-    def success(self, env) -> bool:
+    def success(self, env: SceneState) -> bool:
         ep = env.episode
         a, b = env.object_position(0)[:2], env.object_position(1)[:2]
         near = distance(a, b) < ep.objects[0].footprint_radius + ep.objects[1].footprint_radius + 0.1

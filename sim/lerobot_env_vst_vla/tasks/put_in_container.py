@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import ObjectSpec
-from .base import Episode, TaskFamily, place_objects, placed, random_color, random_graspable
+from .base import Episode, SceneState, TaskFamily, place_objects, placed, random_color, random_graspable
 from .pick_relation import PHRASES, RELATIONS, pick_by_relation
 
 
@@ -40,12 +40,12 @@ class PutInContainer(TaskFamily):
         return [{"target": 0, "place_xy": episode.objects[c].pos, "place_height": episode.place_height}
                 for c in (2, 3)]  # the two identical containers
 
-    def success(self, env) -> bool:
+    def success(self, env: SceneState) -> bool:
         ep = env.episode
         return self._inside(env, ep.details["container"]) and placed(env, 0)
 
     @staticmethod
-    def _inside(env, c: int) -> bool:
+    def _inside(env: SceneState, c: int) -> bool:
         obj, container = env.episode.objects[0], env.episode.objects[c]
         a, p = env.object_position(0), env.object_position(c)
         radius = container.size[0] / 2 - 0.01

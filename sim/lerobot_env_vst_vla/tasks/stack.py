@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import ObjectSpec
-from .base import Episode, TaskFamily, place_objects, placed, random_color, random_graspable, resting_on_table
+from .base import Episode, SceneState, TaskFamily, place_objects, placed, random_color, random_graspable, resting_on_table
 from .pick_relation import PHRASES, RELATIONS, pick_by_relation
 
 
@@ -37,7 +37,7 @@ class StackByRelation(TaskFamily):
         return [{"target": 0, "place_xy": episode.objects[c].pos, "place_height": episode.place_height}
                 for c in (2, 3)]  # the two identical bases
 
-    def success(self, env) -> bool:
+    def success(self, env: SceneState) -> bool:
         ep = env.episode
         a, b = env.object_position(0), env.object_position(ep.details["base"])
         top = b[2] + ep.objects[ep.details["base"]].size[2] / 2 + ep.objects[0].size[2] / 2
