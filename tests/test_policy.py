@@ -294,7 +294,24 @@ def test_processor_factory_and_quantile_fallback():
     pre, post = make_pre_post_processors(cfg, dataset_stats=stats)  # lerobot's factory resolves ours by name
     names = [type(s).__name__ for s in pre.steps]
     assert names == ["RenameObservationsProcessorStep", "AddBatchDimensionProcessorStep", "DeviceProcessorStep",
-                     "NormalizerProcessorStep"]
+                     "RelativeActionsProcessorStep", "NormalizerProcessorStep"]
+    assert not pre.steps[3].enabled  # absolute actions unless asked for, as in LeRobot
     # No q01/q99 in these stats: min/max stand in, so max maps to the top of [-1, 1].
     out = post(torch.tensor([[1.0] * 6]))
     torch.testing.assert_close(out, torch.full((1, 6), 2.0))
+
+
+def test_relative_actions_round_trip_through_the_processors():
+    """Pre: action - state on the joints (gripper absolute), normalised; post: back to the absolute target."""
+    cfg = make_config("flow", use_relative_actions=True,
+                      action_feature_names=[f"{j}.pos" for j in ("a", "b", "c", "d", "e", "gripper")])
+    stats = {"action": {"mean": np.zeros(6), "std": np.full(6, 2.0)},
+             "observation.state": {"mean": np.zeros(6), "std": np.ones(6)}}
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
+    state = torch.tensor([[10.0, 20, 30, 40, 50, 60]])
+    action = torch.tensor([[[11.0, 22, 33, 44, 55, 66], [12.0, 24, 36, 48, 60, 72]]])  # a chunk of 2
+    out = pre({"observation.state": state, "action": action, "task": ["x"]})
+    expected = torch.tensor([[[1.0, 2, 3, 4, 5, 66], [2.0, 4, 6, 8, 10, 72]]]) / 2
+    torch.testing.assert_close(out["action"], expected)
+    back = torch.stack([post(out["action"][:, t]) for t in range(2)], dim=1)
+    torch.testing.assert_close(back, action)

@@ -75,7 +75,7 @@ def test_flow_policy_learns_held_out_actions(dataset, tmp_path):
     train_policy(TrainPolicyConfig(
         dataset_root=str(dataset), output_dir=str(tmp_path / "train"), steps=150, batch_size=8, lr=1e-3,
         policy_overrides={"action_head": "flow", "backbone_preset": "tiny", "image_size": [IMAGE, IMAGE],
-                          "chunk_size": 4, "num_steps": 5},
+                          "chunk_size": 4, "num_steps": 5, "use_relative_actions": True},
         eval_freq=0, heldout_fraction=0.25, heldout_frames=64, log_freq=50, save_freq=10**6))
     held = json.loads((tmp_path / "train" / "heldout.json").read_text())
     assert held["mae_ratio"] < 0.5, held

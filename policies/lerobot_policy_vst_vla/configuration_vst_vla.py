@@ -47,11 +47,13 @@ class VSTVLAConfig(PreTrainedConfig):
     # None: VISUAL identity, STATE mean/std, ACTION quantiles (tokens) or mean/std (flow)
     normalization_mapping: dict[str, NormalizationMode] | None = None
     # Relative actions (OpenPI's DeltaActions, LeRobot's relative_actions_processor): the model predicts
-    # joint targets minus the current joint state, the postprocessor adds the state back. A policy from
-    # scratch then starts near "hold still" instead of "go to the mean pose", and learns several times
-    # faster. Normalisation statistics must then describe the relative chunk: `vst-vla train-policy`
-    # computes them (vst_vla/policy/stats.py); for lerobot-train, set use_relative_actions=false.
-    use_relative_actions: bool = True
+    # joint targets minus the joint state the chunk starts from; the postprocessor adds it back. A policy
+    # from scratch then starts near "hold still" instead of "go to the mean pose" and learns much faster
+    # (vst-vla's CPU recipe turns it on). Statistics must describe relative chunks, which
+    # `vst-vla train-policy` computes; each chunk must be post-processed when it is predicted, as
+    # `vst-vla eval-policy` and LeRobot's RTC engine do (LeRobot 0.6.1's sync rollout refuses such
+    # pipelines, and select_action would add the state of the wrong step). Off by default, as in LeRobot.
+    use_relative_actions: bool = False
     relative_exclude_joints: list[str] = field(default_factory=lambda: ["gripper"])  # kept absolute
     action_feature_names: list[str] | None = None  # filled from the dataset; None: every dimension relative
 

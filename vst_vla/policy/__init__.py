@@ -1,6 +1,8 @@
 """Policy training and evaluation stages: `vst-vla train-policy` and `vst-vla eval-policy`.
 
-Training is LeRobot's own `lerobot-train` loop, driven from a typed hydra config; evaluation rolls a
-LeRobot checkpoint out in the sim with per-family success, Wilson intervals, videos and Rerun
-recordings that show the predicted action chunks in 3D.
+Training (`train.py`) runs any LeRobot policy over a frame cache of the dataset (`data.py`) with
+dataset-global statistics (`stats.py`), a schedule sized to the run and held-out action error;
+evaluation (`evaluate.py`) rolls a checkpoint or a baseline (`baselines.py`) out in the sim and
+reports success and the metrics that move before it (`metrics.py`) with Wilson intervals, videos and
+Rerun recordings.
 """

@@ -50,6 +50,8 @@ class EvalPolicyConfig:
     rerun_per_family: int = 1  # first k episodes of each family as .rrd (0: none)
     confidence: float = 0.95
     baseline: str | None = None  # do_nothing | random | blind_expert instead of policy_path
+    # baselines rolled out on the same seeds after the policy, in one comparison table
+    compare_baselines: list[str] = field(default_factory=list)
     image_size: int = 112  # camera size for baselines (a policy's own size is read from its checkpoint)
 
 
@@ -96,24 +98,6 @@ def env_config(loaded: LoadedPolicy, family: str, episode_length: int = 300):
 
 
 # ----------------------------------------------------------------------------------------- rollout
-class ChunkRecorder:
-    """Wraps `policy.predict_action_chunk` so each chunk `select_action` computes is kept (normalised)."""
-
-    def __init__(self, policy):
-        self.chunks: list[torch.Tensor] = []
-        self._inner = policy.predict_action_chunk
-
-        def recorded(*args, **kwargs):
-            chunk = self._inner(*args, **kwargs)
-            self.chunks.append(chunk.detach())
-            return chunk
-
-        policy.predict_action_chunk = recorded
-
-    def pop(self) -> torch.Tensor | None:
-        return self.chunks.pop() if self.chunks else None
-
-
 class GripperFK:
     """Joint actions (so101 units) → grasp-site positions, on a scratch MjData so the sim is untouched."""
 
@@ -142,11 +126,6 @@ def _batched(obs: dict) -> dict:
     return out
 
 
-def _postprocess_chunk(post, chunk: torch.Tensor) -> np.ndarray:
-    """(1, T, A) normalised chunk → (T, A) actions in env units, one step at a time as lerobot-eval does."""
-    return np.stack([post(chunk[:, t]).to("cpu").numpy()[0] for t in range(chunk.shape[1])])
-
-
 def _env_processors(family: str, loaded: LoadedPolicy, episode_length: int):
     """LeRobot's env pre/post processors for our env config (identity for vst_tabletop, kept for parity)."""
     from lerobot.envs.factory import make_env_pre_post_processors
@@ -155,38 +134,45 @@ def _env_processors(family: str, loaded: LoadedPolicy, episode_length: int):
 
 
 class PolicyAgent:
-    """A LeRobot policy behind the same small interface as the baselines: `reset`, `act` (env units)."""
+    """A LeRobot policy behind the same small interface as the baselines: `reset`, `act` (env units).
+
+    Each chunk is post-processed when it is predicted, step by step, and its first `n_action_steps`
+    actions are queued in env units. That is what relative actions need (every action of a chunk is an
+    offset from the state the chunk was predicted at, not from the state at the step it runs), and it
+    is the same as `select_action` for absolute ones.
+    """
 
     needs_pixels = True
 
     def __init__(self, loaded: LoadedPolicy, family: str, episode_length: int):
         self.loaded = loaded
         self.env_pre, self.env_post = _env_processors(family, loaded, episode_length)
-        self.recorder = ChunkRecorder(loaded.policy)
-        self.chunk: torch.Tensor | None = None  # the chunk predicted at the last step, if one was
+        self.queue: list[np.ndarray] = []
+        self.chunk: np.ndarray | None = None  # the chunk predicted at the last step (env units), if one was
 
     def reset(self, env: SpatialTabletopEnv, seed: int) -> None:
         self.loaded.policy.reset()
-        self.recorder.chunks.clear()
+        self.queue = []
 
     def act(self, obs: dict, env: SpatialTabletopEnv) -> np.ndarray:
         from lerobot.envs.utils import preprocess_observation
 
-        batch = preprocess_observation(_batched(obs))
-        batch["task"] = [env.task_description]
-        batch = self.loaded.preprocessor(self.env_pre(batch))
-        with torch.inference_mode():
-            action = self.loaded.policy.select_action(batch)
-        self.chunk = self.recorder.pop()
-        return self.env_post({"action": self.loaded.postprocessor(action)})["action"].to("cpu").numpy()[0]
+        self.chunk = None
+        if not self.queue:
+            batch = preprocess_observation(_batched(obs))
+            batch["task"] = [env.task_description]
+            batch = self.loaded.preprocessor(self.env_pre(batch))
+            with torch.inference_mode():
+                chunk = self.loaded.policy.predict_action_chunk(batch)
+            n = int(getattr(self.loaded.policy.config, "n_action_steps", None) or chunk.shape[1])
+            steps = [self.env_post({"action": self.loaded.postprocessor(chunk[:, t])})["action"].to("cpu").numpy()[0]
+                     for t in range(chunk.shape[1])]
+            self.chunk = np.stack(steps)
+            self.queue = steps[:n]
+        return self.queue.pop(0)
 
     def predicted_path(self, fk: GripperFK, env: SpatialTabletopEnv) -> np.ndarray | None:
-        if self.chunk is None:
-            return None
-        return fk(_postprocess_chunk(self.loaded.postprocessor, self.chunk), env.data.qpos)
-
-    def close(self) -> None:
-        self.loaded.policy.predict_action_chunk = self.recorder._inner  # unwrap: the policy is reused
+        return None if self.chunk is None else fk(self.chunk, env.data.qpos)
 
 
 def run_episode(agent, env: SpatialTabletopEnv, seed: int, video_path: Path | None = None,
@@ -393,9 +379,39 @@ def evaluate_policy(cfg: EvalPolicyConfig) -> dict:
     report = {"agent": name, "policy_path": None if cfg.baseline else str(cfg.policy_path), "config": asdict(cfg),
               "confidence": cfg.confidence, **_summarise(per_family, cfg.confidence), "videos": videos,
               "recordings": recordings}
+    _print_table(report)
+    if cfg.compare_baselines and cfg.baseline is None:
+        report["baselines"] = {}
+        for name in cfg.compare_baselines:
+            sub = evaluate_policy(EvalPolicyConfig(**{**asdict(cfg), "baseline": name, "compare_baselines": [],
+                                                      "output_dir": str(out / "baselines" / name),
+                                                      "videos_per_family": 0, "rerun_per_family": 0}))
+            report["baselines"][name] = {f: r["success"] for f, r in sub["per_family"].items()}
+        report["learned"] = _print_comparison(report)
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out / "eval.json")
-    _print_table(report)
     print(f"eval report: {out / 'eval.json'}")
     return report
+
+
+def _print_comparison(report: dict) -> dict:
+    """Policy vs baselines per family; `learned` where the policy's 95 % lower bound clears every baseline's rate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(report["baselines"])
+    table = Table(title="policy vs baselines (same seeds): success [95 % CI]")
+    for col in ("family", "policy", *names, "learned"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    learned = {}
+    for family, r in report["per_family"].items():
+        lo, hi = r["success"]["ci95"]
+        base = {n: report["baselines"][n][family] for n in names}
+        nulls = [base[n]["rate"] for n in names if n != "blind_expert"]
+        learned[family] = bool(nulls) and lo > max(nulls)
+        table.add_row(family, f"{r['success']['rate']:.2f} [{lo:.2f}, {hi:.2f}]",
+                      *[f"{b['rate']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}]" for b in base.values()],
+                      "yes" if learned[family] else "no")
+    Console(width=150).print(table)
+    return learned

@@ -285,9 +285,9 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     policy.train()
     t_train, seen, loss_window = 0.0, 0, []
     deadline = None if cfg.max_minutes is None else 60 * cfg.max_minutes
+    t_step = time.perf_counter()
     while step < total[0]:
-        for batch in loader:
-            t_step = time.perf_counter()
+        for batch in loader:  # training time counts loading + update; held-out evaluation and saving do not
             batch = pre(batch)
             loss, info = policy.forward(batch)
             loss.backward()
@@ -297,10 +297,11 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
             scheduler.step()
             step += 1
             t_train += time.perf_counter() - t_step
+            t_step = time.perf_counter()
             seen += cfg.batch_size
             loss_window.append(loss.item())
             if deadline is not None and step >= 20:  # a time budget: shrink the run (and schedule) to fit it
-                total[0] = max(step + 1, min(cfg.steps, int(step * deadline / max(t_train, 1e-9))))
+                total[0] = min(cfg.steps, step if t_train >= deadline else int(step * deadline / t_train))
             if step % cfg.log_freq == 0 or step == total[0]:
                 curves.log(step, loss=float(np.mean(loss_window)), lr=scheduler.get_last_lr()[0],
                            grad_norm=float(grad_norm), samples_per_s=seen / max(t_train, 1e-9))
@@ -313,6 +314,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
                 save_checkpoint(out, step, policy, pre, post, optimizer, scheduler, cfg)
             if step >= total[0]:
                 break
+            t_step = time.perf_counter()  # excludes the evaluation and saving above
     evaluate(step)
     checkpoint = save_checkpoint(out, step, policy, pre, post, optimizer, scheduler, cfg)
     summary = {"steps": step, "train_seconds": round(t_train, 1), "train_samples_per_s": round(seen / max(t_train, 1e-9), 2),

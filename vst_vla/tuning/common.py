@@ -104,6 +104,12 @@ def make_accelerator(run: RunSettings, grad_accum: int = 1, backbone: BackboneCo
     if mp == "auto":
         device = "cpu" if backbone is not None and backbone.device == "cpu" else resolve_device("auto")
         mp = training_precision(backbone.dtype if backbone else "auto", device).mixed_precision
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        # One process (the pipeline runs stage after stage in it): accelerate keeps a process-wide state
+        # and refuses another precision for a later stage unless that state is reset.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
     # a seedable sampler makes the data order a function of (seed, epoch), so a resumed run matches
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mp,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
