@@ -315,3 +315,10 @@ def test_relative_actions_round_trip_through_the_processors():
     torch.testing.assert_close(out["action"], expected)
     back = torch.stack([post(out["action"][:, t]) for t in range(2)], dim=1)
     torch.testing.assert_close(back, action)
+
+
+def test_vit_rate_follows_the_initialisation():
+    """A random preset's ViT has everything to learn (1.0); pretrained weights keep VST's 0.1."""
+    assert make_config("flow").vision_lr_scale == 1.0
+    assert make_config("flow", backbone_path="/some/qwen").vision_lr_scale == 0.1
+    assert make_config("flow", vision_lr_scale=0.3).vision_lr_scale == 0.3
