@@ -80,10 +80,10 @@ def pos(**delta) -> dict:
 
 def test_cli_flags_parse_into_a_so101_follower_subclass_with_safety_fields(tmp_path):
     cfg = parse("--robot.type=vst_so101_follower", "--robot.port=/dev/ttyACM0", "--robot.max_relative_target=5",
-                "--robot.safety.hold_after_s=0.1", "--robot.safety.estop_file=/tmp/STOP", f"--robot.calibration_dir={tmp_path}")
+                "--robot.safety.hold_after_s=0.1", f"--robot.safety.estop_file={tmp_path / 'STOP'}", f"--robot.calibration_dir={tmp_path}")
     assert isinstance(cfg, VstSO101FollowerConfig) and isinstance(cfg, SOFollowerRobotConfig)
     assert (cfg.port, cfg.max_relative_target, cfg.safety.hold_after_s, cfg.safety.estop_file) == \
-        ("/dev/ttyACM0", 5.0, 0.1, "/tmp/STOP")
+        ("/dev/ttyACM0", 5.0, 0.1, str(tmp_path / "STOP"))
     robot = make_robot_from_config(cfg)
     assert isinstance(robot, VstSO101Follower) and isinstance(robot, SOFollower)
     assert list(robot.action_features) == [f"{m}.pos" for m in HOME]

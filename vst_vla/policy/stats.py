@@ -112,18 +112,18 @@ def ensure_global_stats(root: str | Path) -> dict:
     return stats
 
 
-def relative_action_stats(root: str | Path, chunk: int, relative_mask: list[bool]) -> dict[str, list[float]]:
+def relative_action_stats(state: np.ndarray, action: np.ndarray, episode: np.ndarray, chunk: int,
+                          relative_mask: list[bool]) -> dict[str, list[float]]:
     """Statistics of relative action chunks (action[t+k] − state[t] where the mask is set, k < chunk,
-    within an episode): what a policy with `use_relative_actions` normalises. Exact, over every chunk."""
-    values = read_low_dim(root, ("observation.state", "action", "episode_index"))
-    state, action, episode = values["observation.state"], values["action"], values["episode_index"].ravel()
+    within an episode): what a policy with `use_relative_actions` normalises. Exact, over every chunk.
+    Frames must be in dataset order (episode, then frame), as `data.read_episode_table` gives them."""
     mask = np.zeros(action.shape[1], dtype=bool)
     mask[: len(relative_mask)] = relative_mask
     rows = []
     for k in range(chunk):
         same = np.r_[episode[k:] == episode[: len(episode) - k], np.zeros(k, dtype=bool)]
         t = np.flatnonzero(same)
-        rel = action[t + k].copy()
+        rel = action[t + k].astype(np.float64)
         rel[:, mask] -= state[t][:, mask]
         rows.append(rel)
     return exact_stats(np.concatenate(rows))

@@ -210,6 +210,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     policy = make_policy(policy_cfg, ds_meta=meta)
     camera_keys = list(policy.config.image_features)
     chunk = len(policy.config.action_delta_indices or [0])
+    table = read_episode_table(root)
     stats = dict(meta.stats)
     if getattr(policy.config, "use_relative_actions", False):
         # relative targets are normalised with the statistics of relative chunks, not of absolute actions
@@ -217,12 +218,11 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         policy.config.action_feature_names = names
         excluded = [j.lower() for j in getattr(policy.config, "relative_exclude_joints", [])]
         mask = [not any(j in n.lower() for j in excluded) for n in names]
-        stats["action"] = {k: np.asarray(v) for k, v in relative_action_stats(root, chunk, mask).items()}
+        stats["action"] = {k: np.asarray(v) for k, v in relative_action_stats(table.state, table.action, table.episode_index, chunk, mask).items()}
         log.info("relative actions on %s", [n for n, m in zip(names, mask, strict=True) if m])
     pre, post = make_pre_post_processors(policy.config, dataset_stats=stats)
     size = _cache_size(policy.config, meta, camera_keys)
 
-    table = read_episode_table(root)
     t0 = time.perf_counter()
     frames = build_frame_cache(root, camera_keys, size)
     log.info("frame cache %s ready in %.1f s", frames.shape, time.perf_counter() - t0)
