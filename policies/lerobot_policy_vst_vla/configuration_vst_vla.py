@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
+from lerobot.policies.rtc.configuration_rtc import RTCConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 ACTION_HEADS = ("tokens", "flow")
@@ -68,6 +69,10 @@ class VSTVLAConfig(PreTrainedConfig):
     time_beta_alpha: float = 1.5  # t ~ Beta(alpha, beta) when training (pi0)
     time_beta_beta: float = 1.0
     use_prefix_cache: bool = True  # False: recompute the VLM prefix at every denoising step (for benchmarks)
+    # Real-time chunking (flow head only, as pi0/SmolVLA): LeRobot's RTC guidance inpaints each new chunk
+    # towards the unexecuted rest of the previous one. `lerobot-rollout --inference.type=rtc` sets it from
+    # --inference.rtc.*; None or enabled=False: plain sampling (RTC arguments are then ignored, as in pi0).
+    rtc_config: RTCConfig | None = None
 
     # --- fine-tuning ---
     freeze_vision: bool = False
@@ -126,6 +131,10 @@ class VSTVLAConfig(PreTrainedConfig):
             raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
+        if self.action_head == "tokens" and self.rtc_config is not None and self.rtc_config.enabled:
+            raise ValueError("real-time chunking needs the flow head: the tokens head decodes action bins "
+                             "autoregressively and has no denoising steps to guide (set action_head='flow' or "
+                             "rtc_config=None)")
 
     def validate_features(self) -> None:
         """The policy needs ≥ 1 camera and a flat action; the state is optional and flat."""

@@ -17,7 +17,9 @@ Heads:
   backbone that otherwise trained), and every bin starts from a distinct row.
 - `flow` (pi0 / SmolVLA recipe): an action expert, a smaller transformer whose layer i attends
   jointly to its own action tokens and to the cached keys/values of one VLM layer. The prefix runs
-  once per chunk; the 10 Euler steps only run the expert.
+  once per chunk; the 10 Euler steps only run the expert. Real-time chunking (LeRobot's RTCProcessor,
+  `lerobot-rollout --inference.type=rtc`) guides those same steps towards the previous chunk's
+  unexecuted actions, with no extra network call.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.policies.common.flow_matching import euler_integrate, sample_noise, sample_time_beta
 from lerobot.policies.common.vla_utils import create_sinusoidal_pos_embedding
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.rtc.modeling_rtc import RTCProcessor
 from lerobot.utils.constants import ACTION, OBS_STATE
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from torch import Tensor, nn
@@ -125,12 +128,26 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
         self._set_trainable()
         self.to(self.vlm.device)  # the new heads and buffers join the backbone
+        self.init_rtc_processor()
         self.reset()
 
     # --- LeRobot policy API ------------------------------------------------------------------------
 
     def reset(self):
         self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    def supports_rtc(self) -> bool:
+        """Real-time chunking guides denoising steps: the flow head has them, the tokens head does not."""
+        return self.config.action_head == "flow"
+
+    def init_rtc_processor(self) -> None:
+        """LeRobot's RTC processor from `config.rtc_config` (lerobot-rollout sets that, then calls this)."""
+        self.rtc_processor = None
+        if self.supports_rtc() and self.config.rtc_config is not None:
+            self.rtc_processor = RTCProcessor(self.config.rtc_config)
+
+    def _rtc_enabled(self) -> bool:
+        return self.rtc_processor is not None and self.config.rtc_config.enabled
 
     def get_optim_params(self) -> list[dict]:
         vision = [p for p in self.vlm.model.visual.parameters() if p.requires_grad]
@@ -155,13 +172,30 @@ class VSTVLAPolicy(PreTrainedPolicy):
         return loss, {"loss": per_sample.mean().item(), **info}
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict, noise: Tensor | None = None) -> Tensor:
-        """(B, chunk_size, action_dim) normalised actions; `noise` (same shape) seeds the flow head."""
+    def predict_action_chunk(self, batch: dict, noise: Tensor | None = None, *, inference_delay: int | None = None,
+                             prev_chunk_left_over: Tensor | None = None,
+                             execution_horizon: int | None = None) -> Tensor:
+        """(B, chunk_size, action_dim) normalised actions; `noise` (same shape) seeds the flow head.
+
+        RTC (flow head, with `config.rtc_config` enabled, as pi0): `prev_chunk_left_over` ((T', A) or
+        (B, T', A), normalised model outputs) is the previous chunk's unexecuted part; the new chunk's
+        first `inference_delay` actions are pulled onto it, the weight falling linearly to 0 at
+        `execution_horizon` (default `rtc_config.execution_horizon`). Without a left-over the result is
+        exactly the plain one.
+        """
+        rtc = {"inference_delay": inference_delay, "prev_chunk_left_over": prev_chunk_left_over,
+               "execution_horizon": execution_horizon}
+        if not self.supports_rtc():
+            given = sorted(k for k, v in rtc.items() if v is not None)
+            if given:
+                raise ValueError(f"the {self.config.action_head} head does not support real-time chunking (got "
+                                 f"{', '.join(given)}): it decodes action bins autoregressively, with no denoising "
+                                 "steps to guide. Use action_head='flow' or --inference.type=sync")
         self._check_batch(batch, with_action=False)
         prefix = self._encode_prefix(batch)
         if self.config.action_head == "tokens":
             return self._decode_tokens(prefix)
-        return self._sample_flow(prefix, noise)
+        return self._sample_flow(prefix, noise, **rtc)
 
     @torch.no_grad()
     def select_action(self, batch: dict, noise: Tensor | None = None) -> Tensor:
@@ -307,22 +341,42 @@ class VSTVLAPolicy(PreTrainedPolicy):
         per_sample = (err * valid).sum(1) / valid.sum(1).clamp(min=1)
         return per_sample, {}
 
-    def _sample_flow(self, prefix: Prefix, noise: Tensor | None) -> Tensor:
-        """Euler from noise at t=1 to actions at t=0. With the cache the VLM runs once per chunk."""
+    def _sample_flow(self, prefix: Prefix, noise: Tensor | None, inference_delay: int | None = None,
+                     prev_chunk_left_over: Tensor | None = None, execution_horizon: int | None = None) -> Tensor:
+        """Euler from noise at t=1 to actions at t=0. With the cache the VLM runs once per chunk.
+
+        LeRobot's `euler_integrate` with its RTC hook, as pi0/SmolVLA: with RTC enabled and a left-over,
+        each step's velocity is RTCProcessor.denoise_step's guided one.
+        """
         shape = (prefix.input_ids.shape[0], self.config.chunk_size, self.config.action_dim)
         if noise is None:
             noise = sample_noise(shape, prefix.input_ids.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape (B, chunk_size, action_dim) = {shape}, got {tuple(noise.shape)}")
+        if prev_chunk_left_over is not None:
+            if prev_chunk_left_over.ndim not in (2, 3) or prev_chunk_left_over.shape[-1] != shape[2]:
+                raise ValueError(f"prev_chunk_left_over must have shape (T, {shape[2]}) or (B, T, {shape[2]}), got "
+                                 f"{tuple(prev_chunk_left_over.shape)}")
+            # LeRobot's RTC engine pads the left-over with zeros to execution_horizon, which may exceed our chunk;
+            # steps past the chunk guide nothing, and RTCProcessor needs it no longer than the chunk.
+            prev_chunk_left_over = prev_chunk_left_over[..., : shape[1], :].to(noise.device, torch.float32)
+            if self._rtc_enabled() and inference_delay is None:
+                raise ValueError("RTC needs inference_delay (actions executed while this chunk is computed) "
+                                 "together with prev_chunk_left_over")
         mask, rope = self._expert_inputs(prefix)
         cached = self._prefix_kv(prefix) if self.config.use_prefix_cache else None
 
         def velocity(x_t: Tensor, time: Tensor) -> Tensor:
-            # Without the cache the whole prefix (vision tower and LLM) is recomputed at every step.
-            kv = cached if cached is not None else self._prefix_kv(prefix)
-            return self.expert(x_t, time, kv, mask, rope)
+            # RTC's guidance runs this under enable_grad but differentiates only x_t - t·v_t with respect to
+            # x_t (v_t is computed before x_t requires grad), so no graph through the network is needed.
+            with torch.no_grad():
+                # Without the cache the whole prefix (vision tower and LLM) is recomputed at every step.
+                kv = cached if cached is not None else self._prefix_kv(prefix)
+                return self.expert(x_t, time, kv, mask, rope)
 
-        return euler_integrate(velocity, noise.float(), self.config.num_steps)
+        return euler_integrate(velocity, noise.float(), self.config.num_steps, rtc_processor=self.rtc_processor,
+                               rtc_enabled=self._rtc_enabled(), inference_delay=inference_delay,
+                               prev_chunk_left_over=prev_chunk_left_over, execution_horizon=execution_horizon)
 
     # --- training setup, checks, checkpoints -------------------------------------------------------
 
