@@ -1,0 +1,3 @@
+from .folder import main
+
+main()
