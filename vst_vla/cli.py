@@ -33,6 +33,11 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
                      "train a LeRobot policy (vst_vla tokens/flow head, act, ...) with lerobot-train's loop"),
     "eval-policy": ("policy/eval", "vst_vla.policy.evaluate:evaluate_policy", "vst_vla.policy.evaluate:EvalPolicyConfig",
                     "roll a policy checkpoint out in the sim: success per family (Wilson CI), videos, .rrd"),
+    "serve": ("deploy/serve", "vst_vla.deploy.server:serve", "vst_vla.deploy.server:ServeConfig",
+              "serve one policy checkpoint over an authenticated WebSocket (msgpack, no pickle)"),
+    "remote-policy": ("deploy/remote_policy", "vst_vla.deploy.remote:write_remote_policy",
+                      "vst_vla.deploy.remote:RemotePolicyConfig",
+                      "write a vst_vla_remote folder (lerobot-rollout --policy.path) from a server's hello"),
     "pipeline": ("pipeline", "vst_vla.pipeline:run_pipeline", "vst_vla.pipeline:PipelineConfig",
                  "the end-to-end default: every built stage in order, small and offline"),
 }
@@ -46,11 +51,33 @@ def resolve(ref: str):
 def _usage() -> str:
     lines = ["usage: vst-vla <stage> [key=value ...] [--config NAME] [--cfg]", "", "stages:"]
     lines += [f"  {name:<14} {spec[3]}" for name, spec in STAGES.items()]
-    lines += ["", "Overrides use hydra syntax, e.g. `vst-vla collect episodes_per_task=2 tasks=[stack]`.",
+    lines += ["", "Overrides use hydra syntax, e.g. `vst-vla collect episodes_per_task=2 tasks=[stack]`;",
+              "LeRobot-style flags mean the same: `--policy.path=X` or `--port 8765` is `policy.path=X`, `port=8765`.",
               "--config NAME  another YAML for the stage, by its name under the package's vst_vla/configs/",
               "               without .yaml (e.g. `vst-vla sft --config tuning/stage1_sft_vst3b`)",
               "--cfg          print the composed config and exit"]
     return "\n".join(lines)
+
+
+OWN_FLAGS = {"--config", "--cfg", "--help", "-h"}
+
+
+def dashed_to_overrides(args: list[str]) -> list[str]:
+    """`--key=value` and `--key value` (LeRobot/draccus style) -> hydra's `key=value`; other args unchanged."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and arg not in OWN_FLAGS and len(arg) > 2:
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                    raise SystemExit(f"vst-vla: {arg} needs a value ({arg}=VALUE or {arg} VALUE)")
+                value, i = args[i + 1], i + 1
+            out.append(f"{key}={value}")
+        else:
+            out.append(arg)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("vst-vla: --config needs a config name under vst_vla/configs/ (no .yaml), "
                              "e.g. tuning/stage1_sft_vst3b")
         config_name, args = args[k + 1], args[:k] + args[k + 2:]
+    args = dashed_to_overrides(args)
     show_only = "--cfg" in args or "--help" in args or "-h" in args
     overrides = [a for a in args if a not in {"--cfg", "--help", "-h"}]
     from vst_vla.config import load_config
