@@ -322,3 +322,30 @@ def test_vit_rate_follows_the_initialisation():
     assert make_config("flow").vision_lr_scale == 1.0
     assert make_config("flow", backbone_path="/some/qwen").vision_lr_scale == 0.1
     assert make_config("flow", vision_lr_scale=0.3).vision_lr_scale == 0.3
+
+
+def test_flow_draws_per_observation_share_one_prefix(monkeypatch):
+    """k (noise, time) draws per observation give the loss of k separate single-draw samples, for one VLM pass."""
+    import lerobot_policy_vst_vla.modeling_vst_vla as modeling
+
+    torch.manual_seed(0)
+    k = 3
+    multi = VSTVLAPolicy(make_config("flow", flow_samples_per_obs=k)).train()
+    single = VSTVLAPolicy(make_config("flow")).train()
+    single.load_state_dict(multi.state_dict())
+    batch = make_batch(multi.config)
+    b, t = len(batch["task"]), multi.config.chunk_size
+    g = torch.Generator().manual_seed(3)
+    noise, time = torch.randn(b * k, t, ACTION_DIM, generator=g), torch.rand(b * k, generator=g) * 0.9 + 0.05
+    monkeypatch.setattr(modeling, "sample_noise", lambda shape, device: noise)
+    monkeypatch.setattr(modeling, "sample_time_beta", lambda n, device, **kw: time)
+    calls = []
+    monkeypatch.setattr(multi, "_run_vlm", lambda *a, _run=multi._run_vlm, **kw: calls.append(1) or _run(*a, **kw))
+    per_draw_loss, _ = multi.forward(batch, reduction="none")
+    assert per_draw_loss.shape == (b,) and len(calls) == 1  # one prefix pass for all b·k draws
+    repeated = {key: (v.repeat_interleave(k, dim=0) if torch.is_tensor(v) else [x for x in v for _ in range(k)])
+                for key, v in batch.items()}
+    expected, _ = single.forward(repeated, reduction="none")
+    torch.testing.assert_close(per_draw_loss, expected.view(b, k).mean(1), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="flow_samples_per_obs"):
+        make_config("flow", flow_samples_per_obs=0)

@@ -68,6 +68,8 @@ class VSTVLAConfig(PreTrainedConfig):
     num_steps: int = 10  # Euler steps from noise (t=1) to actions (t=0)
     time_beta_alpha: float = 1.5  # t ~ Beta(alpha, beta) when training (pi0)
     time_beta_beta: float = 1.0
+    # (noise, time) draws per observation in training; > 1 reuses the VLM prefix, a cheap lower-variance gradient
+    flow_samples_per_obs: int = 1
     use_prefix_cache: bool = True  # False: recompute the VLM prefix at every denoising step (for benchmarks)
     # Real-time chunking (flow head only, as pi0/SmolVLA): LeRobot's RTC guidance inpaints each new chunk
     # towards the unexecuted rest of the previous one. `lerobot-rollout --inference.type=rtc` sets it from
@@ -127,6 +129,8 @@ class VSTVLAConfig(PreTrainedConfig):
                              "(14-px patches merged 2×2)")
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be at least 2, got {self.n_bins}")
+        if self.flow_samples_per_obs < 1:
+            raise ValueError(f"flow_samples_per_obs must be >= 1, got {self.flow_samples_per_obs}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
         if self.lora_rank < 0:

@@ -329,17 +329,24 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
     def _flow_loss(self, prefix: Prefix, actions: Tensor, valid: Tensor) -> tuple[Tensor, dict]:
         cfg = self.config
+        k = cfg.flow_samples_per_obs
+        mask, rope = self._expert_inputs(prefix)
+        prefix_kv = self._prefix_kv(prefix)
+        if k > 1:  # several (noise, time) draws share one VLM pass: the expensive prefix is computed once
+            rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
+            actions, valid, mask = rep(actions), rep(valid), rep(mask)
+            rope = tuple(r.repeat_interleave(k, dim=r.dim() - 3) for r in rope)  # mRoPE: (3, B, T, d)
+            prefix_kv = [(rep(key), rep(value)) for key, value in prefix_kv]
         actions = actions.float()
         noise = sample_noise(actions.shape, actions.device)
         time = sample_time_beta(actions.shape[0], actions.device, alpha=cfg.time_beta_alpha, beta=cfg.time_beta_beta,
                                 scale=TIME_SCALE, offset=TIME_OFFSET)
         t = time[:, None, None]
         x_t = t * noise + (1 - t) * actions
-        mask, rope = self._expert_inputs(prefix)
-        velocity = self.expert(x_t, time, self._prefix_kv(prefix), mask, rope)
-        err = ((velocity - (noise - actions)) ** 2).mean(-1)  # (B, T)
+        velocity = self.expert(x_t, time, prefix_kv, mask, rope)
+        err = ((velocity - (noise - actions)) ** 2).mean(-1)  # (B·k, T)
         per_sample = (err * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return per_sample, {}
+        return per_sample.view(-1, k).mean(1), {}
 
     def _sample_flow(self, prefix: Prefix, noise: Tensor | None, inference_delay: int | None = None,
                      prev_chunk_left_over: Tensor | None = None, execution_horizon: int | None = None) -> Tensor:
