@@ -60,6 +60,9 @@ def summarize(result: dict, data: Path) -> dict:
 
 
 def evaluate(model: Path, data: Path, out: Path, name: str) -> dict:
+    done = out / f"eval_{name}.json"
+    if done.is_file() and done.stat().st_mtime > (model / "config.json").stat().st_mtime:
+        return summarize(json.loads(done.read_text()), data)  # resumed: this model was scored already
     result = run_eval(SpatialEvalConfig(dataset=str(data), split="test", model=str(model), batch_size=16,
                                         scoring="official", predictions=str(out / f"pred_{name}.jsonl"),
                                         output=str(out / f"eval_{name}.json")))
@@ -91,6 +94,15 @@ def sft_throughput(data: Path, batch_size: int, pack_tokens: int, batches: int) 
     return out
 
 
+def cached_stage(name: str, out: Path, train):
+    """A stage's `final/` if an earlier (interrupted) run finished it, else train it now."""
+    final = out / name / "final"
+    if (final / "config.json").is_file():
+        print(f"{name}: reusing {final}", file=sys.stderr)
+        return final
+    return train()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/bench/spatial_tuning")
@@ -109,51 +121,74 @@ def main() -> None:
     ap.add_argument("--throughput-batches", type=int, default=6)
     ap.add_argument("--throughput-per-skill", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fresh", action="store_true", help="delete --out first (default: resume finished stages)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out = Path(args.out)
+    if args.fresh and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    generate_dataset(SpatialDataConfig(output=str(data), skills=args.skills, samples_per_skill=args.train_per_skill,
+    settings = out / "settings.json"  # finished stages are reused only by a run with the same settings
+    mine = json.dumps({k: v for k, v in vars(args).items() if k not in ("fresh", "threads")}, sort_keys=True)
+    if settings.is_file() and settings.read_text() != mine:
+        raise SystemExit(f"{out} holds a run with other settings ({settings}); pass --fresh or another --out")
+    settings.write_text(mine)
+    if not (data / "test").exists():
+        generate_dataset(SpatialDataConfig(output=str(data), skills=args.skills, samples_per_skill=args.train_per_skill,
                                        test_samples_per_skill=args.test_per_skill, image_width=args.image[0],
                                        image_height=args.image[1], cot_fraction=args.cot_fraction,
                                        rl_fraction=args.rl_fraction, overwrite=True))
-    blind_data = blank_images_copy(data, out / "data_blind")
+    blind_data = out / "data_blind"
+    if not (blind_data / "test").exists():
+        blank_images_copy(data, blind_data)
     # throughput on VST-P's mix of answer lengths (letters to 3D-box JSON): every skill, a few samples each
     mixed = out / "data_all_skills"
-    generate_dataset(SpatialDataConfig(output=str(mixed), samples_per_skill=args.throughput_per_skill,
+    if not (mixed / "test").exists():
+        generate_dataset(SpatialDataConfig(output=str(mixed), samples_per_skill=args.throughput_per_skill,
                                        test_samples_per_skill=1, image_width=args.image[0],
                                        image_height=args.image[1], cot_fraction=0.0, rl_fraction=0.0,
                                        overwrite=True))
     wall = {"data": time.perf_counter() - start}
 
     t = time.perf_counter()
-    speed = sft_throughput(mixed, args.batch_size, args.pack_tokens, args.throughput_batches)
+    speed_file = out / "sft_throughput.json"
+    if speed_file.is_file():
+        speed = json.loads(speed_file.read_text())
+    else:
+        speed = sft_throughput(mixed, args.batch_size, args.pack_tokens, args.throughput_batches)
+        speed_file.write_text(json.dumps(speed))
     wall["throughput"] = time.perf_counter() - t
 
     untuned = out / "untuned"
-    build_backbone(BackboneConfig(preset="tiny")).save_pretrained(untuned)
+    if not (untuned / "config.json").is_file():
+        build_backbone(BackboneConfig(preset="tiny")).save_pretrained(untuned)
     # a randomly initialised tiny model needs far larger rates than the paper's 5e-5 / 1e-5 / 1e-6
     sft_recipe = dict(subset="perception", batch_size=args.batch_size, lr_llm=1e-3, lr_vision=1e-3,
                       pack_tokens=args.pack_tokens)
     stage = lambda name, steps, **kw: RunSettings(output_dir=str(out / name), max_steps=steps,  # noqa: E731
                                                   save_every=steps, log_every=10, **kw)
     t = time.perf_counter()
-    sft = train_sft(SFTConfig(data=str(data), **sft_recipe, run=stage("stage1_sft", args.sft_steps)))
+    sft = cached_stage("stage1_sft", out, lambda: train_sft(SFTConfig(data=str(data), **sft_recipe,
+                                                                       run=stage("stage1_sft", args.sft_steps))))
     wall["sft"] = time.perf_counter() - t
     t = time.perf_counter()
-    blind = train_sft(SFTConfig(data=str(blind_data), **sft_recipe, run=stage("blind_sft", args.sft_steps)))
+    blind = cached_stage("blind_sft", out, lambda: train_sft(SFTConfig(data=str(blind_data), **sft_recipe,
+                                                                      run=stage("blind_sft", args.sft_steps))))
     wall["blind_sft"] = time.perf_counter() - t
     t = time.perf_counter()
-    cot = train_sft(SFTConfig(data=str(data), subset="cot", batch_size=args.batch_size, lr_llm=3e-4, lr_vision=3e-4,
-                              pack_tokens=args.pack_tokens, run=stage("stage2_cot", args.cot_steps, init_from=str(sft))))
+    cot = cached_stage("stage2_cot", out, lambda: train_sft(SFTConfig(
+        data=str(data), subset="cot", batch_size=args.batch_size, lr_llm=3e-4, lr_vision=3e-4,
+        pack_tokens=args.pack_tokens, run=stage("stage2_cot", args.cot_steps, init_from=str(sft)))))
     wall["cot_sft"] = time.perf_counter() - t
     t = time.perf_counter()
-    grpo = train_grpo(GRPOConfig(data=str(data), answer_types=["multiple_choice"], lr=args.grpo_lr,
-                                 prompts_per_step=4, group_size=5, temperature=1.0,
-                                 run=RunSettings(output_dir=str(out / "stage3_grpo"), init_from=str(cot),
-                                                 max_steps=args.grpo_steps, save_every=args.grpo_steps, log_every=1)))
+    grpo = cached_stage("stage3_grpo", out, lambda: train_grpo(GRPOConfig(
+        data=str(data), answer_types=["multiple_choice"], lr=args.grpo_lr, prompts_per_step=4, group_size=5,
+        temperature=1.0, run=RunSettings(output_dir=str(out / "stage3_grpo"), init_from=str(cot),
+                                         max_steps=args.grpo_steps, save_every=args.grpo_steps, log_every=1))))
     wall["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
