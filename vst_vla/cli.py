@@ -38,6 +38,8 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "remote-policy": ("deploy/remote_policy", "vst_vla.deploy.remote:write_remote_policy",
                       "vst_vla.deploy.remote:RemotePolicyConfig",
                       "write a vst_vla_remote folder (lerobot-rollout --policy.path) from a server's hello"),
+    "deploy": ("deploy", "vst_vla.deploy.run:deploy", "vst_vla.deploy.run:DeployConfig",
+               "run a checkpoint on the sim or guarded arm via lerobot-rollout (local or remote): telemetry + .rrd"),
     "pipeline": ("pipeline", "vst_vla.pipeline:run_pipeline", "vst_vla.pipeline:PipelineConfig",
                  "the end-to-end default: every built stage in order, small and offline"),
 }
