@@ -349,3 +349,16 @@ def test_flow_draws_per_observation_share_one_prefix(monkeypatch):
     torch.testing.assert_close(per_draw_loss, expected.view(b, k).mean(1), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="flow_samples_per_obs"):
         make_config("flow", flow_samples_per_obs=0)
+
+
+def test_state_dropout_hides_the_state_in_training_only():
+    torch.manual_seed(0)
+    policy = VSTVLAPolicy(make_config("flow", state_dropout=0.999999))
+    batch = make_batch(policy.config)
+    other = {**batch, "observation.state": batch["observation.state"] + 5.0}
+    policy.train()
+    torch.testing.assert_close(policy._encode_prefix(batch).embeds, policy._encode_prefix(other).embeds)
+    policy.eval()
+    assert not torch.allclose(policy._encode_prefix(batch).embeds, policy._encode_prefix(other).embeds)
+    with pytest.raises(ValueError, match="state_dropout"):
+        make_config("flow", state_dropout=1.0)

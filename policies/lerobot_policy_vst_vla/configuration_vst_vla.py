@@ -68,6 +68,9 @@ class VSTVLAConfig(PreTrainedConfig):
     num_steps: int = 10  # Euler steps from noise (t=1) to actions (t=0)
     time_beta_alpha: float = 1.5  # t ~ Beta(alpha, beta) when training (pi0)
     time_beta_beta: float = 1.0
+    # Training-time probability of hiding the robot state (its token's embedding set to zero): the
+    # state alone tells where a moving arm is heading, a shortcut that lets a policy ignore the image.
+    state_dropout: float = 0.0
     # (noise, time) draws per observation in training; > 1 reuses the VLM prefix, a cheap lower-variance gradient
     flow_samples_per_obs: int = 1
     use_prefix_cache: bool = True  # False: recompute the VLM prefix at every denoising step (for benchmarks)
@@ -129,6 +132,8 @@ class VSTVLAConfig(PreTrainedConfig):
                              "(14-px patches merged 2×2)")
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be at least 2, got {self.n_bins}")
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ValueError(f"state_dropout must be in [0, 1), got {self.state_dropout}")
         if self.flow_samples_per_obs < 1:
             raise ValueError(f"flow_samples_per_obs must be >= 1, got {self.flow_samples_per_obs}")
         if self.num_steps < 1:

@@ -250,6 +250,9 @@ class VSTVLAPolicy(PreTrainedPolicy):
         embeds = self.vlm.get_input_embeddings()(input_ids)
         if self.state_token_id is not None:  # exactly one <|state|> per prompt, in sample order
             state = self.state_proj(batch[OBS_STATE].to(self.state_proj.weight.dtype)).to(embeds.dtype)
+            if self.training and self.config.state_dropout > 0:
+                keep = torch.rand(state.shape[0], 1, device=state.device) >= self.config.state_dropout
+                state = state * keep.to(state.dtype)
             embeds = embeds.masked_scatter((input_ids == self.state_token_id)[..., None], state)
 
         pixel_values, grid = self._pixel_values(batch)
