@@ -67,6 +67,23 @@ def test_frame_cache_matches_lerobot_decoding(dataset):
         assert mine["task"] == ref["task"]
 
 
+def test_start_frames_are_oversampled(dataset):
+    """`start_weight` draws the first `start_frames` of each episode that much more often (where the
+    target is chosen), from the right frame offsets of every episode."""
+    table = read_episode_table(dataset)
+    frames = np.zeros((len(table.episode_index), 1, 3, 1, 1), dtype=np.uint8)
+    ds = ChunkDataset(table, frames, ["observation.images.front"], chunk=2, episodes=table.episodes[1:])
+    offsets = ds.frame_offsets()
+    assert offsets.min() == 0 and (offsets == 0).sum() == len(table.episodes) - 1
+    assert np.all(table.frame_index[ds.indices] == offsets)
+    weights = np.where(offsets < 20, 4.0, 1.0)
+    draws = np.asarray(list(torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), 20000,
+                                                                   generator=torch.Generator().manual_seed(0))))
+    share = np.mean(offsets[draws] < 20)
+    expected = weights[offsets < 20].sum() / weights.sum()
+    assert abs(share - expected) < 0.02 and share > 2 * np.mean(offsets < 20)
+
+
 @pytest.mark.slow
 def test_flow_policy_learns_held_out_actions(dataset, tmp_path):
     """A short run on real episodes: the held-out error of the executed actions falls well below that of

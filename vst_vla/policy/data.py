@@ -133,6 +133,14 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def frame_offsets(self) -> np.ndarray:
+        """Each sample's frame number within its episode."""
+        starts = np.zeros(len(self.table.episode_index), dtype=np.int64)
+        boundaries = np.flatnonzero(np.diff(self.table.episode_index)) + 1
+        for lo, hi in zip(np.r_[0, boundaries], np.r_[boundaries, len(starts)], strict=True):
+            starts[lo:hi] = lo
+        return self.indices - starts[self.indices]
+
     def __getitem__(self, i: int) -> dict:
         idx = int(self.indices[i])
         steps = idx + np.arange(self.chunk)

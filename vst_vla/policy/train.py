@@ -54,6 +54,10 @@ class TrainPolicyConfig:
     save_freq: int = 1000
     log_freq: int = 50
     eval_freq: int = 250  # held-out action error every N steps (0: only at the end)
+    # The first frames of an episode decide where the arm goes (the target is read from the image only
+    # there; later frames can copy the arm's heading from the state): sample them `start_weight` times as often.
+    start_frames: int = 20
+    start_weight: float = 1.0
     heldout_fraction: float = 0.1  # of the episodes, never trained on
     heldout_frames: int = 256  # frames of the held-out episodes scored at each evaluation
     seed: int = 0
@@ -264,8 +268,13 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
 
     generator = torch.Generator().manual_seed(cfg.seed + step)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=cfg.num_workers, collate_fn=_collate, generator=generator,
+    sampler = None
+    if cfg.start_weight != 1.0:
+        weights = np.where(train_set.frame_offsets() < cfg.start_frames, cfg.start_weight, 1.0)
+        sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), len(weights), generator=generator)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
+                                         sampler=sampler, drop_last=True, num_workers=cfg.num_workers,
+                                         collate_fn=_collate, generator=generator,
                                          persistent_workers=cfg.num_workers > 0)
     if len(loader) == 0:
         raise ValueError(f"{len(train_set)} training frames cannot fill one batch of {cfg.batch_size}")
