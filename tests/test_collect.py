@@ -64,3 +64,32 @@ def test_resume_appends_only_missing_episodes(dataset_root):
 def test_unknown_task_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown tasks"):
         collect(CollectConfig(root=str(tmp_path / "x"), tasks=["juggle"]))
+
+
+def test_approach_noise_perturbs_the_arm_but_records_the_experts_actions():
+    """DART-style collection: the executed approach is perturbed (the states differ from a clean run of the
+    same seed) while the recorded actions are the expert's own, identical to the clean run's there."""
+    from lerobot_env_vst_vla import SpatialTabletopEnv
+    from lerobot_env_vst_vla.expert import ScriptedExpert
+
+    from vst_vla.collect import ApproachNoise
+
+    def run(noise_deg: float):
+        env = SpatialTabletopEnv(task="pick_relation", obs_type="agent_pos", episode_length=60)
+        obs, _ = env.reset(seed=5)
+        expert, noise = ScriptedExpert(env), ApproachNoise(noise_deg, 10.0, seed=5)
+        states, actions, stages = [], [], []
+        for _ in range(40):
+            action = expert.act()
+            states.append(obs["agent_pos"].copy()), actions.append(action), stages.append(expert.stage)
+            obs, *_ = env.step(noise(action, approaching=expert.stage == 0))
+        env.close()
+        return np.array(states), np.array(actions), np.array(stages)
+
+    clean_s, clean_a, stages = run(0.0)
+    noisy_s, noisy_a, _ = run(6.0)
+    approach = stages == 0
+    assert approach.sum() > 10
+    np.testing.assert_array_equal(noisy_a[approach], clean_a[approach])  # labels: the expert's, unperturbed
+    assert np.abs(noisy_s[approach][:, :5] - clean_s[approach][:, :5]).max() > 2.0  # the arm was pushed off course
+    assert np.array_equal(ApproachNoise(6.0, 10.0, 1)(clean_a[0], approaching=False), clean_a[0])

@@ -68,6 +68,11 @@ class CollectConfig:
     fps: int = 30
     episode_length: int = 300
     action_space: str = "joint"
+    # DART-style noise (Laskey et al. 2017): while the expert approaches its target, a smooth random
+    # offset of this std (degrees) is added to the arm joints of the *executed* action; the recorded
+    # action stays the expert's, so demonstrations also show how to get back on course. 0: clean demos.
+    approach_noise_deg: float = 0.0
+    approach_noise_steps: float = 10.0  # correlation time of the offset (control steps)
     # keep only episodes the expert solved; failed ones are discarded and another seed is tried
     only_successful: bool = True
     resume: bool = False  # append to an existing dataset at root, skipping episodes already there
@@ -160,7 +165,7 @@ def collect(cfg: CollectConfig) -> Path:
                 if attempt > 20 * cfg.episodes_per_task + 20:
                     raise RuntimeError(f"{family}: the expert failed too often ({attempt} attempts)")
                 seed = episode_seed(cfg.seed, family, attempt)
-                success, frames = _record_episode(env, ds, seed)
+                success, frames = _record_episode(env, ds, seed, cfg.approach_noise_deg, cfg.approach_noise_steps)
                 if success or not cfg.only_successful:
                     index = ds.meta.total_episodes
                     ds.save_episode()
@@ -194,9 +199,30 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int) -> tuple[bool, list[dict]]:
+class ApproachNoise:
+    """An Ornstein-Uhlenbeck offset on the five arm joints (degrees), on only while the expert approaches
+    (stage 0, until it is above its target), so grasps stay as precise as the clean expert's."""
+
+    def __init__(self, std_deg: float, steps: float, seed: int):
+        self.std, self.decay = std_deg, float(np.exp(-1.0 / max(steps, 1.0)))
+        self.rng = np.random.default_rng([seed, 7])
+        self.offset = np.zeros(5)
+
+    def __call__(self, action: np.ndarray, approaching: bool) -> np.ndarray:
+        if self.std <= 0:
+            return action
+        kick = self.rng.normal(0.0, self.std * np.sqrt(1 - self.decay**2), 5)
+        self.offset = self.decay * self.offset + kick if approaching else np.zeros(5)
+        out = action.copy()
+        out[:5] += self.offset.astype(out.dtype)
+        return out
+
+
+def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int, noise_deg: float = 0.0,
+                    noise_steps: float = 10.0) -> tuple[bool, list[dict]]:
     obs, _ = env.reset(seed=seed)
     expert = ScriptedExpert(env)
+    noise = ApproachNoise(noise_deg, noise_steps, seed)
     frames, success = [], False
     while True:
         action = expert.act()
@@ -205,8 +231,8 @@ def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int) -> t
                  "task": env.task_description}
         for cam, img in obs["pixels"].items():
             frame[f"observation.images.{cam}"] = img
-        ds.add_frame(frame)
-        obs, _, terminated, truncated, info = env.step(action)
+        ds.add_frame(frame)  # the expert's action is the label, also when a perturbed one is executed
+        obs, _, terminated, truncated, info = env.step(noise(action, approaching=expert.stage == 0))
         success = info["is_success"]
         if terminated or truncated:
             return success, frames
