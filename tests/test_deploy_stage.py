@@ -81,7 +81,7 @@ def check_run(out: Path, inference: str, mode: str = "local") -> dict:
     assert sum(t["starved"] for t in by_type["tick"]) == summary["starved_ticks"]
     assert all(len(t["state"]) == 6 and (t["action"] is None) == t["starved"] for t in by_type["tick"])
     assert len(by_type["inference"]) == summary["inference"]["count"]
-    safety = Counter_of(by_type["safety"])
+    safety = kinds_of(by_type["safety"])
     assert {k: v for k, v in safety.items() if k in kinds} == kinds  # every intervention is in the JSONL
 
     entities = read_rrd(out / "deploy.rrd")
@@ -98,7 +98,7 @@ def check_run(out: Path, inference: str, mode: str = "local") -> dict:
     return summary
 
 
-def Counter_of(records: list[dict]) -> dict[str, int]:  # noqa: N802
+def kinds_of(records: list[dict]) -> dict[str, int]:  # noqa: N802
     out: dict[str, int] = defaultdict(int)
     for r in records:
         out[r["kind"]] += 1
