@@ -98,7 +98,7 @@ def check_run(out: Path, inference: str, mode: str = "local") -> dict:
     return summary
 
 
-def kinds_of(records: list[dict]) -> dict[str, int]:  # noqa: N802
+def kinds_of(records: list[dict]) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     for r in records:
         out[r["kind"]] += 1
