@@ -270,3 +270,19 @@ def test_two_process_grpo_update_with_unequal_kept_groups_matches_one_process(da
         torch.testing.assert_close(b[name], w, rtol=1e-4, atol=1e-6, msg=name)
         moved += int(not torch.equal(w, init[name]))
     assert moved > len(a) // 2  # the update did something
+
+
+def test_rollouts_never_sample_vision_tokens(data):
+    """A sampled <|image_pad|> made GRPO's log-prob forward fail 23 steps into a run ("Image features and
+    image tokens do not match"): generation suppresses every id only the processor may place."""
+    from vst_vla.tuning.rollouts import generate, vision_token_ids
+
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(preset="tiny"))
+    banned = vision_token_ids(backbone.model)
+    assert backbone.model.config.image_token_id in banned and len(banned) == 4
+    with torch.no_grad():  # make the image pad the model's favourite next token everywhere
+        backbone.model.lm_head.weight[banned] = backbone.model.lm_head.weight.abs().max() * 50
+    rows = list(datasets.load_from_disk(str(data))["test"])[:2]
+    out = generate(backbone.model, backbone, rows, str(data), max_new_tokens=6, do_sample=True, temperature=1.0)
+    assert not torch.isin(out.tokens, torch.tensor(banned)).any()

@@ -66,6 +66,14 @@ def answer_budgets(tokenizer, rows, quantile: float = 0.95, margin: float = 1.25
     return out
 
 
+def vision_token_ids(model) -> list[int]:
+    """Ids that only the processor may place (image/video pads, vision start/end). A sampled one breaks
+    every later forward over prompt + answer ("Image features and image tokens do not match")."""
+    config = getattr(model, "config", None)
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return sorted({i for n in names if isinstance(i := getattr(config, n, None), int)})
+
+
 @torch.no_grad()
 def generate(model, backbone, rows: list[dict], root: str, max_new_tokens: int, num_return_sequences: int = 1,
              **sampling) -> Generated:
@@ -73,7 +81,8 @@ def generate(model, backbone, rows: list[dict], root: str, max_new_tokens: int, 
     prompt = encode_for_generation(backbone, rows, root)
     pad = backbone.tokenizer.pad_token_id
     out = model.generate(**prompt, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
-                         pad_token_id=pad, eos_token_id=stop_ids(backbone), **sampling)
+                         pad_token_id=pad, eos_token_id=stop_ids(backbone),
+                         suppress_tokens=vision_token_ids(backbone.model), **sampling)
     tokens, lengths, truncated = cut_at_stop(out[:, prompt["input_ids"].shape[1]:], stop_ids(backbone), pad)
     texts = backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return Generated(prompt, tokens, lengths, truncated, texts)
