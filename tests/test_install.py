@@ -130,7 +130,11 @@ def test_each_plugin_installs_and_imports_alone(wheels, tmp_path, alone):
     name = alone[-1]
     check = {
         "lerobot_policy_vst_vla": "from lerobot_policy_vst_vla.backbone import BackboneConfig, build_backbone; "
-                                  "b = build_backbone(BackboneConfig(preset='tiny')); assert len(b.tokenizer) > 4000",
+                                  "b = build_backbone(BackboneConfig(preset='tiny')); assert len(b.tokenizer) > 4000; "
+                                  # the remote policy's client and wire protocol live here, not in vst_vla
+                                  "from lerobot.configs import PreTrainedConfig; "
+                                  "import lerobot_policy_vst_vla.remote.client, lerobot_policy_vst_vla.remote.protocol; "
+                                  "assert 'vst_vla_remote' in PreTrainedConfig.get_known_choices()",
         "lerobot_env_vst_vla": "from lerobot_env_vst_vla import SpatialTabletopEnv; "
                                "e = SpatialTabletopEnv(task='stack', obs_type='agent_pos'); e.reset(seed=0); e.close()",
         "lerobot_robot_vst_sim": "pass",

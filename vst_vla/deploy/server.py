@@ -75,8 +75,9 @@ class ServeConfig:
     fps: int = 30  # the control rate the policy was trained for (sent in the hello)
     max_bytes: int = DEFAULT_MAX_BYTES
     max_clients: int = 4
-    ping_interval_s: float = 1.0
-    ping_timeout_s: float = 2.0
+    # the server's keepalive only cleans up dead clients: lenient, so a busy robot computer is not dropped
+    ping_interval_s: float = 2.0
+    ping_timeout_s: float = 10.0
     debug: bool = False  # tracebacks in error replies
 
 
@@ -227,8 +228,8 @@ class PolicyServer:
     """The WebSocket server around one runner (`LeRobotRunner` or `StubRunner`)."""
 
     def __init__(self, runner, token: str, host: str = "127.0.0.1", port: int = 8765, fps: int = 30,
-                 max_bytes: int = DEFAULT_MAX_BYTES, max_clients: int = 4, ping_interval_s: float | None = 1.0,
-                 ping_timeout_s: float | None = 2.0, debug: bool = False):
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_clients: int = 4, ping_interval_s: float | None = 2.0,
+                 ping_timeout_s: float | None = 10.0, debug: bool = False):
         if not token:
             raise ValueError("vst-vla serve needs a token (--token or $VST_VLA_TOKEN)")
         if len(token) < 16:
@@ -298,6 +299,8 @@ class PolicyServer:
             if msg["type"] != "obs":
                 raise ProtocolError("bad_message", f"unexpected message type {msg['type']!r} (expected obs)")
             req = parse_obs(msg, self.hello["input_features"])
+            if req.rtc is not None and req.rtc.leftover_len > 0:
+                self._count("rtc")  # a request with a leftover to guide towards
             actions, t_start, t_end = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, req)
             reply = {"type": "act", "seq": req.seq, "actions": actions, "action_names": self.hello["action_names"],
                      "timing": {"queue_ms": (t_start - t_recv) * 1e3, "infer_ms": (t_end - t_start) * 1e3,
@@ -383,6 +386,11 @@ def serve(cfg: ServeConfig) -> None:
     runner = LeRobotRunner(cfg.policy.path, cfg.policy.device)
     server = PolicyServer(runner, token, cfg.host, cfg.port, cfg.fps, cfg.max_bytes, cfg.max_clients,
                           cfg.ping_interval_s or None, cfg.ping_timeout_s or None, cfg.debug)
+    run_until_signal(server)
+
+
+def run_until_signal(server: PolicyServer) -> None:
+    """Serve until SIGINT/SIGTERM; one JSON line on stdout once listening (`{"serving": type, "url": ...}`)."""
 
     async def main() -> None:
         await server.start()

@@ -2,7 +2,8 @@
 
 `make_tiny_checkpoint(folder, "vst_vla" | "act", ...)` writes what `lerobot-train` writes into
 `pretrained_model/`: config.json, model.safetensors and the policy's own pre/post-processors with
-(made-up, fixed) dataset statistics for the SO-101's six joints and `front`/`wrist` cameras.
+made-up, fixed dataset statistics for the SO-101's six joints (around the sim's home pose, actions
+within a few degrees of it) and `front`/`wrist` cameras.
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lerobot_env_vst_vla.robot import MOTOR_KEYS
+from lerobot_env_vst_vla.env import HOME_Q
+from lerobot_env_vst_vla.robot import MOTOR_KEYS, to_so101_units
 
 CAMERAS = ("front", "wrist")
 
 
-def _stats(state_dim: int, action_dim: int, cameras: tuple[str, ...], seed: int) -> dict:
+def _stats(cameras: tuple[str, ...], seed: int) -> dict:
+    """Joints around the sim's home pose (so101 units), so an untrained policy asks for nearby goals."""
     rng = np.random.default_rng(seed)
+    home = to_so101_units(HOME_Q)
 
-    def vec(dim: int, scale: float) -> dict:
-        mean = rng.normal(0, scale / 3, dim)
-        std = np.full(dim, scale)
+    def vec(scale: float) -> dict:
+        mean = home + rng.normal(0, scale / 3, len(home))
+        std = np.full(len(home), scale)
         return {"mean": mean, "std": std, "min": mean - 3 * std, "max": mean + 3 * std,
                 "q01": mean - 2.3 * std, "q99": mean + 2.3 * std}
 
-    stats = {"observation.state": vec(state_dim, 20.0), "action": vec(action_dim, 20.0)}
+    stats = {"observation.state": vec(20.0), "action": vec(5.0)}
     for cam in cameras:
         c = np.full((3, 1, 1), 0.5)
         stats[f"observation.images.{cam}"] = {"mean": c, "std": c / 2, "min": c * 0, "max": c * 2,
@@ -64,7 +68,7 @@ def make_tiny_checkpoint(folder: str | Path, policy_type: str = "vst_vla", image
     policy = get_policy_class(policy_type)(config)
     folder = Path(folder)
     policy.save_pretrained(folder)
-    pre, post = make_pre_post_processors(config, dataset_stats=_stats(len(MOTOR_KEYS), len(MOTOR_KEYS), cameras, seed))
+    pre, post = make_pre_post_processors(config, dataset_stats=_stats(cameras, seed))
     pre.save_pretrained(folder)
     post.save_pretrained(folder)
     return folder

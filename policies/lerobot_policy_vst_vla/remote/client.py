@@ -102,7 +102,8 @@ class PolicyClient:
 
     # ------------------------------------------------------------------ requests
     def infer(self, observation: dict[str, np.ndarray], task: str = "", robot_type: str = "",
-              noise: np.ndarray | None = None, rtc: dict | None = None) -> Reply:
+              noise: np.ndarray | None = None, rtc: dict | None = None, timeout_s: float | None = None) -> Reply:
+        """One observation -> its actions, waiting at most `timeout_s` (default `reply_timeout_s`)."""
         if not self.alive:
             raise ServerUnavailable(f"not connected to {self.url}")
         seq = next(self._seq)
@@ -116,10 +117,11 @@ class PolicyClient:
         if len(payload) > self.hello["max_bytes"]:
             raise ValueError(f"observation of {len(payload)} bytes exceeds the server's limit of "
                              f"{self.hello['max_bytes']} (send smaller images)")
+        timeout_s = self.reply_timeout_s if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         try:
             self._ws.send(payload)
-            deadline = t0 + self.reply_timeout_s
+            deadline = t0 + timeout_s
             while True:  # replies to older, abandoned requests are skipped
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -129,7 +131,7 @@ class PolicyClient:
                     break
         except TimeoutError:
             self.close()  # a late reply must not be taken for the next request's
-            raise ServerUnavailable(f"no reply from {self.url} within {self.reply_timeout_s:.3f} s") from None
+            raise ServerUnavailable(f"no reply from {self.url} within {timeout_s:.3f} s") from None
         except (ConnectionClosed, OSError) as err:
             self.close()
             raise ServerUnavailable(f"connection to {self.url} lost: {err}") from None

@@ -31,8 +31,11 @@ class VSTVLARemoteConfig(PreTrainedConfig):
     # --- liveness: what makes the client hold ---
     connect_timeout_s: float = 5.0
     reply_timeout_s: float = 2.0  # no actions this long after sending an observation -> hold
+    # Until the first action is handed out the arm has not moved and there is nothing to hold, so the
+    # first chunk (a fresh server's warm-up included) may take this long before the call fails.
+    first_reply_timeout_s: float = 60.0
     ping_interval_s: float = 0.5  # websocket keepalive; a missed pong closes the connection -> hold
-    ping_timeout_s: float = 1.0
+    ping_timeout_s: float = 2.0
     # After holding this long, try to reconnect (and re-check the hello) before each new chunk;
     # 0: hold until the run ends (an operator restarts it).
     reconnect_after_s: float = 0.0

@@ -8,7 +8,8 @@ identity (rename, batch, device). RTC arguments are forwarded; the leftover is i
 server normalises it with the checkpoint's processors.
 
 **Hold.** When replies stop (the connection closes because the server died, a keepalive pong is
-missed, or no reply comes within `reply_timeout_s`), the policy drops its queued actions and returns
+missed, or no reply comes within `reply_timeout_s`; before the first action, which has nothing to
+hold yet, `first_reply_timeout_s`), the policy drops its queued actions and returns
 the hold action at once: the last action it handed out (for RTC: the next one the queue would have
 executed), i.e. what the safety layer's own hold re-sends. While holding no new motion is ever
 produced; `holding` is True and `stats` counts the ticks. With `reconnect_after_s > 0` it tries to
@@ -131,10 +132,19 @@ class VSTVLARemotePolicy(PreTrainedPolicy):
             self._hold_action = torch.from_numpy(rtc["leftover"][0].copy())  # what the queue would play next
         if self.holding and not self._maybe_reconnect():
             return self._hold_chunk(batch, self.config.chunk_size)
+        if self._hold_action is None and not self.client.alive:
+            # Nothing has moved yet (a long robot or dataset set-up may outlast the keepalive): reconnecting
+            # and re-checking the hello is safe.
+            try:
+                self.check_hello(self.client.connect())
+            except ServerUnavailable as err:
+                self._start_hold(str(err))
+                return self._hold_chunk(batch, self.config.chunk_size)
         try:
             reply = self.client.infer(observation, task=task, robot_type=robot_type,
                                       noise=None if noise is None else noise[0].detach().cpu().float().numpy(),
-                                      rtc=rtc)
+                                      rtc=rtc, timeout_s=self.config.first_reply_timeout_s
+                                      if self._hold_action is None else None)
         except ServerUnavailable as err:
             self._start_hold(str(err))
             return self._hold_chunk(batch, self.config.chunk_size)
