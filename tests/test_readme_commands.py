@@ -43,6 +43,11 @@ ALLOWED = {  # command prefix -> why it is not run by this test
                                                   "tests/test_robot_rollout.py runs lerobot-rollout on the sim robot",
     "lerobot-rollout --robot.type=vst_so101_follower": "needs the SO-101 arm on a serial port; "
                                                        "tests/test_robot_guarded_arm.py builds it with the bus faked",
+    "export VST_VLA_TOKEN=": "a shell assignment: the token both sides of `vst-vla serve` read; "
+                             "tests/test_deploy.py sets it for its servers and rollouts",
+    "lerobot-rollout --policy.path=outputs/deploy/remote_policy": "needs a running `vst-vla serve`; tests/test_deploy.py "
+                                                                  "runs lerobot-rollout over the network (sync, RTC, "
+                                                                  "episodic, sentry)",
 }
 SMALL_COLLECT = {"episodes_per_task": "1", "image_size": "32", "episode_length": "15", "only_successful": "false",
                  "overwrite": "true"}
