@@ -130,3 +130,20 @@ def test_train_policy_on_a_tuned_backbone_run_folder(checkpoint, tmp_path):
          "policy_overrides.chunk_size=2", "+policy_overrides.num_steps=1"])
     config = json.loads((tmp_path / "train" / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
     assert config["backbone_path"] == str(tmp_path / "sft_run" / "final")
+
+
+def test_learned_needs_an_interval_above_the_null_baselines():
+    """One success in 20 clears a baseline *rate* of 0 but not its interval: that must not count as learned."""
+    from vst_vla.policy.evaluate import _print_comparison
+    from vst_vla.policy.metrics import wilson_interval
+
+    def entry(k, n=20):
+        return {"rate": k / n, "ci95": list(wilson_interval(k, n))}
+
+    def report(k):
+        return {"per_family": {"pick_relation": {"success": entry(k)}},
+                "baselines": {"do_nothing": {"pick_relation": entry(0)}, "random": {"pick_relation": entry(0)},
+                              "blind_expert": {"pick_relation": entry(11)}}}
+
+    assert _print_comparison(report(1)) == {"pick_relation": False}
+    assert _print_comparison(report(8)) == {"pick_relation": True}
