@@ -303,12 +303,13 @@ def test_client_holds_when_replies_stop_and_never_invents_motion(tmp_path):
             policy.select_action(batch_of(pre, f))  # the rest of the chunk
         t0 = time.perf_counter()
         held = post(policy.select_action(batch_of(pre, {**f, "observation.state": f["observation.state"] + 50})))
-        assert policy.holding and time.perf_counter() - t0 < 0.3 + 0.2
+        # generous margins: a loaded CPU delays the thread; `holding` says it gave up waiting for the reply
+        assert policy.holding and time.perf_counter() - t0 < 0.3 + 0.6
         assert torch.equal(held, first)  # the last action handed out, not the new state
         for _ in range(3):  # stays on hold, without waiting again
             t0 = time.perf_counter()
             assert torch.equal(post(policy.select_action(batch_of(pre, f))), first)
-            assert time.perf_counter() - t0 < 0.05
+            assert time.perf_counter() - t0 < 0.2  # under reply_timeout_s: it does not wait again
         chunk = policy.predict_action_chunk(batch_of(pre, f))
         assert chunk.shape == (1, 4, 6) and torch.equal(chunk[0], first.expand(4, 6))
         assert policy.stats["holds"] == 1
