@@ -123,23 +123,20 @@ class ChunkDataset(torch.utils.data.Dataset):
         self.table, self.frames, self.camera_keys, self.chunk = table, frames, list(camera_keys), chunk
         keep = np.isin(table.episode_index, np.asarray(episodes))
         self.indices = np.flatnonzero(keep)
-        # last frame (exclusive end) of each frame's episode: chunks never cross into the next episode
-        ends = np.zeros(len(table.episode_index), dtype=np.int64)
+        # first frame and (exclusive) end of each frame's episode: chunks never cross into the next episode
+        starts = np.zeros(len(table.episode_index), dtype=np.int64)
+        ends = np.zeros_like(starts)
         boundaries = np.flatnonzero(np.diff(table.episode_index)) + 1
         for lo, hi in zip(np.r_[0, boundaries], np.r_[boundaries, len(ends)], strict=True):
-            ends[lo:hi] = hi
-        self.episode_end = ends
+            starts[lo:hi], ends[lo:hi] = lo, hi
+        self.episode_start, self.episode_end = starts, ends
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def frame_offsets(self) -> np.ndarray:
         """Each sample's frame number within its episode."""
-        starts = np.zeros(len(self.table.episode_index), dtype=np.int64)
-        boundaries = np.flatnonzero(np.diff(self.table.episode_index)) + 1
-        for lo, hi in zip(np.r_[0, boundaries], np.r_[boundaries, len(starts)], strict=True):
-            starts[lo:hi] = lo
-        return self.indices - starts[self.indices]
+        return self.indices - self.episode_start[self.indices]
 
     def __getitem__(self, i: int) -> dict:
         idx = int(self.indices[i])
