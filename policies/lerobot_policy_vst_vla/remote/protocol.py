@@ -126,12 +126,16 @@ def client_hello(client: str = "vst_vla_remote") -> dict:
     return {"type": "hello", "protocol": PROTOCOL_VERSION, "client": client}
 
 
-def check_client_hello(msg: dict) -> None:
+def _check_hello(msg: dict, expected: str, peer: str, me: str) -> None:
     if msg.get("type") != "hello":
-        raise ProtocolError("protocol_mismatch", f"the first message must be a hello, got {msg.get('type')!r}")
+        raise ProtocolError("protocol_mismatch", f"{expected}, got {msg.get('type')!r}")
     if msg.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError("protocol_mismatch", f"client speaks protocol {msg.get('protocol')!r}, "
-                                                 f"this server speaks {PROTOCOL_VERSION}")
+        raise ProtocolError("protocol_mismatch", f"{peer} speaks protocol {msg.get('protocol')!r}, "
+                                                 f"this {me} speaks {PROTOCOL_VERSION}")
+
+
+def check_client_hello(msg: dict) -> None:
+    _check_hello(msg, "the first message must be a hello", "client", "server")
 
 
 HELLO_FIELDS = {"protocol": int, "server_id": str, "policy_type": str, "input_features": dict,
@@ -141,11 +145,7 @@ HELLO_FIELDS = {"protocol": int, "server_id": str, "policy_type": str, "input_fe
 
 def check_server_hello(msg: dict) -> dict:
     """The server's hello, checked for the protocol version and its fields; returns it."""
-    if msg.get("type") != "hello":
-        raise ProtocolError("protocol_mismatch", f"expected the server's hello, got {msg.get('type')!r}")
-    if msg.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError("protocol_mismatch", f"server speaks protocol {msg.get('protocol')!r}, "
-                                                 f"this client speaks {PROTOCOL_VERSION}")
+    _check_hello(msg, "expected the server's hello", "server", "client")
     for name, kind in HELLO_FIELDS.items():
         if not isinstance(msg.get(name), kind) or (kind is int and isinstance(msg.get(name), bool)):
             raise ProtocolError("bad_message", f"hello field {name!r} must be a {kind.__name__}, got {msg.get(name)!r}")
