@@ -200,3 +200,21 @@ def test_doing_nothing_or_acting_at_random_never_succeeds(family):
                 break
     env.close()
     assert hits == []
+
+
+def test_renders_headless_without_mujoco_gl_set():
+    """On a machine with no display and no MUJOCO_GL, importing the sim picks EGL, so the CLIs
+    (`vst-vla eval-policy`, `lerobot-eval`) render without the user exporting anything."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY",
+                                                             "WAYLAND_DISPLAY")}
+    code = ("from lerobot_env_vst_vla import SpatialTabletopEnv\n"
+            "e = SpatialTabletopEnv(task='pick_relation', observation_width=32, observation_height=32)\n"
+            "obs, _ = e.reset(seed=0)\n"
+            "print(int(obs['pixels']['front'].std() > 0))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("1")

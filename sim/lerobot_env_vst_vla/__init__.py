@@ -4,11 +4,21 @@ Importing the package registers one gymnasium id per task family (`vst_vla/<fami
 LeRobot env type `vst_tabletop` (the lerobot CLIs import this package by its distribution name).
 """
 
-import gymnasium as gym
+import os
+import sys
 
-from .env import SpatialTabletopEnv
-from .expert import ScriptedExpert, run_expert_episode
-from .tasks import FAMILIES
+# Headless Linux (no X or Wayland display): MuJoCo's default GLFW backend cannot make a context, and
+# rendering would fail at the first camera with "an OpenGL platform library has not been loaded".
+# Offscreen EGL works there; it must be chosen before mujoco is first imported. A user's setting wins.
+if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import gymnasium as gym  # noqa: E402
+
+from .env import SpatialTabletopEnv  # noqa: E402
+from .expert import ScriptedExpert, run_expert_episode  # noqa: E402
+from .tasks import FAMILIES  # noqa: E402
 
 for _family in FAMILIES:
     if f"vst_vla/{_family}-v0" not in gym.registry:
