@@ -211,7 +211,8 @@ def test_renders_headless_without_mujoco_gl_set():
 
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY",
                                                              "WAYLAND_DISPLAY")}
-    code = ("from lerobot_env_vst_vla import SpatialTabletopEnv\n"
+    code = ("import vst_vla.policy.evaluate\n"  # as the CLI does: a vst_vla module that imports mujoco
+            "from lerobot_env_vst_vla import SpatialTabletopEnv\n"
             "e = SpatialTabletopEnv(task='pick_relation', observation_width=32, observation_height=32)\n"
             "obs, _ = e.reset(seed=0)\n"
             "print(int(obs['pixels']['front'].std() > 0))\n")
