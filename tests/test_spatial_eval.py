@@ -173,3 +173,50 @@ def test_predict_checks_answer_count(rows):
     ds = datasets.Dataset.from_list(rows, features=FEATURES)
     with pytest.raises(ValueError, match="answers"):
         predict(ds, lambda batch: ["A"])
+
+
+def test_eval_budget_leaves_room_for_a_thinking_answer(tmp_path):
+    """The sim benchmark's references are direct answers ("A"), but a CoT-tuned model thinks first: a
+    budget sized from the references alone cut every such answer after "<think>Bird's-eye" (0 % MC)."""
+    from lerobot_policy_vst_vla.backbone import build_processor
+
+    from vst_vla.spatial.evaluate import DEFAULT_THINK_TOKENS, SpatialEvalConfig, think_budgets
+    from vst_vla.tuning.rollouts import answer_budgets
+
+    tokenizer = build_processor().tokenizer
+    cot = "<think>" + " ".join(f"Point A lies at a depth of 0.{i:03d} m." for i in range(12)) + "</think>A"
+    rows = lambda answers, cot_flags: datasets.Dataset.from_dict(  # noqa: E731
+        {"answer": answers, "answer_type": ["multiple_choice"] * len(answers), "cot": cot_flags})
+    folder = tmp_path / "data"
+    datasets.DatasetDict({"train": rows([cot, "B"], [True, False]), "test": rows(["A", "B"], [False, False])}
+                         ).save_to_disk(str(folder))
+    direct = answer_budgets(tokenizer, datasets.load_from_disk(str(folder))["test"])["multiple_choice"]
+    think = think_budgets(SpatialEvalConfig(dataset=str(folder)), tokenizer)
+    cot_tokens = len(tokenizer(cot + "<|im_end|>", add_special_tokens=False)["input_ids"])
+    assert direct < 10 < cot_tokens <= think["multiple_choice"]
+    assert think_budgets(SpatialEvalConfig(dataset=str(folder), think_tokens=0), tokenizer) == {"*": 0}
+    no_cot = tmp_path / "plain"
+    datasets.DatasetDict({"test": rows(["A"], [False])}).save_to_disk(str(no_cot))
+    assert think_budgets(SpatialEvalConfig(dataset=str(no_cot)), tokenizer) == {"*": DEFAULT_THINK_TOKENS}
+
+
+def test_think_mode_asks_for_reasoning_and_scores_the_answer_after_it(rows, tmp_path):
+    """A CoT / GRPO-tuned model is asked as it was trained (the think prompt) and scored on its answer;
+    the direct mode keeps VST's VSI-Bench rule (the response's first word)."""
+    from vst_vla.spatial.reasoning import THINK_PROMPT
+
+    mc = rows[0]  # choice A
+    assert score_row(mc, "<think>x</think>A")["accuracy"] == 0.0
+    for pred, expected in (("<think>x</think>A", 1), ("<think>x</think>B", 0), ("<think>unclosed A", 0), ("A", 0)):
+        assert score_row(mc, pred, think=True)["accuracy"] == expected, pred
+    asked = []
+
+    def answer_fn(batch):
+        asked.extend(r["question"] for r in batch)
+        return ["<think>because</think>" + json.loads(r["ground_truth"]).get("choice", "0") for r in batch]
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([mc])}).save_to_disk(str(tmp_path / "data"))
+    result = run_eval(SpatialEvalConfig(dataset=str(tmp_path / "data"), predictions=str(tmp_path / "p.jsonl"),
+                                        think=True), answer_fn)
+    assert asked == [mc["question"] + "\n" + THINK_PROMPT] and result["think"] is True
+    assert result["score"] == 1.0

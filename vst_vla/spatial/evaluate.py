@@ -41,9 +41,20 @@ class SpatialEvalConfig:
     # a Qwen2.5-VL checkpoint folder (e.g. a tuning stage's final/): generate the answers with it
     # (greedy) instead of reading `predictions`, which then receives them
     model: str | None = None
-    # None: sized from the evaluated reference answers, per answer type (`generation_budgets`)
+    # None: sized per answer type from the evaluated reference answers and, for a model that thinks
+    # first, the chain-of-thought answers (`think_tokens`)
     max_new_tokens: int | None = None
+    # Room for a `<think>…</think>` block. The evaluated references are direct answers ("A"), so a
+    # budget sized from them alone cuts a CoT-tuned model after its first words. None: the budget of
+    # the spatial-data folder's CoT answers (any split, per answer type), else DEFAULT_THINK_TOKENS;
+    # 0: direct answers only.
+    think_tokens: int | None = None
     scoring: str = "official"  # official (VST's eval code) | lenient (the training reward's parsing)
+    # Ask for reasoning, as a CoT / GRPO-tuned model is used: VST-R's think prompt follows each question
+    # (as in its CoT and RL rows) and the answer after `</think>` is scored (VST scores its reasoning
+    # models on post-processed answers); an unclosed block scores 0. Off: the questions as given, and
+    # the response scored as generated (VST's VSI-Bench code).
+    think: bool = False
 
 
 def load_eval_dataset(cfg: SpatialEvalConfig) -> datasets.Dataset:
@@ -109,8 +120,9 @@ def predict(dataset: datasets.Dataset, answer_fn: AnswerFn, batch_size: int = 8)
     return preds
 
 
-def score_row(row: dict, prediction: str | None, scoring: str = "official") -> dict:
-    """accuracy (and mra for numeric answers) of one prediction; a missing one scores 0.
+def score_row(row: dict, prediction: str | None, scoring: str = "official", think: bool = False) -> dict:
+    """accuracy (and mra for numeric answers) of one prediction; a missing one scores 0. `think`:
+    the prediction is a reasoning answer, scored on its part after `</think>` (`SpatialEvalConfig.think`).
 
     Never raises on the prediction; raises `rewards.GroundTruthError` on a malformed ground truth."""
     if scoring not in SCORINGS:
@@ -118,6 +130,8 @@ def score_row(row: dict, prediction: str | None, scoring: str = "official") -> d
     gt = check_ground_truth(row["answer_type"], row["ground_truth"])
     if prediction is None:
         return {"accuracy": 0.0, **({"mra": 0.0} if row["answer_type"] == "number" else {})}
+    if think:
+        prediction = extract_answer(prediction) if "</think>" in str(prediction) else ""
     if scoring == "official":
         return official.score(prediction, row["answer_type"], gt)
     out = {"accuracy": accuracy(prediction, row["answer_type"], gt)}
@@ -127,14 +141,15 @@ def score_row(row: dict, prediction: str | None, scoring: str = "official") -> d
     return out
 
 
-def evaluate(dataset: datasets.Dataset | list[dict], predictions: dict[str, str], scoring: str = "official") -> dict:
+def evaluate(dataset: datasets.Dataset | list[dict], predictions: dict[str, str], scoring: str = "official",
+             think: bool = False) -> dict:
     """Per-skill and overall scores of `predictions` ({id: text}) on `dataset`'s rows."""
     per = defaultdict(lambda: {"n": 0, "answered": 0, "accuracy": [], "mra": [], "scenario": ""})
     for row in dataset:
         s = per[row["skill"]]
         s["scenario"] = row["scenario"]
         pred = predictions.get(str(row["id"]))
-        scores = score_row(row, pred, scoring)
+        scores = score_row(row, pred, scoring, think)
         s["n"] += 1
         s["answered"] += pred is not None
         s["accuracy"].append(scores["accuracy"])
@@ -176,11 +191,32 @@ def print_results(result: dict, title: str = "spatial-eval") -> None:
     print(json.dumps(result))
 
 
+DEFAULT_THINK_TOKENS = 512  # no CoT references to size it from (e.g. a benchmark question file)
+
+
+def think_budgets(cfg: SpatialEvalConfig, tokenizer) -> dict[str, int]:
+    """Per answer type, the tokens a thinking answer may take (see `SpatialEvalConfig.think_tokens`)."""
+    from vst_vla.tuning.rollouts import answer_budgets
+
+    if cfg.think_tokens is not None:
+        return {"*": cfg.think_tokens}
+    cot = []
+    if not cfg.benchmark and (Path(cfg.dataset) / "dataset_dict.json").is_file():
+        for split in datasets.load_from_disk(cfg.dataset).values():
+            if "cot" in split.column_names:
+                cot.extend(row for row in split if row["cot"])
+    if not cot:
+        return {"*": DEFAULT_THINK_TOKENS}
+    budgets = answer_budgets(tokenizer, cot)
+    return {**budgets, "*": max(budgets.values())}
+
+
 class ModelAnswers:
     """Greedy answers from a local checkpoint, images resolved under the evaluated dataset's folder.
 
-    Each answer type gets its own token budget (`cfg.max_new_tokens`, or sized from the evaluated
-    rows' reference answers), and the answers that hit it are counted: `truncation_rate`."""
+    Each answer type gets its own token budget (`cfg.max_new_tokens`, or the larger of the evaluated
+    rows' reference answers and the room a thinking answer needs, `think_budgets`), and the answers
+    that hit it are counted: `truncation_rate`. A model that stops early costs nothing extra."""
 
     def __init__(self, cfg: SpatialEvalConfig, dataset: datasets.Dataset | None = None):
         from vst_vla.backbone import BackboneConfig, build_backbone
@@ -190,10 +226,14 @@ class ModelAnswers:
         self.root = cfg.media_root or (str(Path(cfg.dataset).parent) if cfg.benchmark else cfg.dataset)
         self.fixed = cfg.max_new_tokens
         self.budgets = {} if cfg.max_new_tokens or dataset is None else answer_budgets(self.backbone.tokenizer, dataset)
+        self.think = {} if cfg.max_new_tokens else think_budgets(cfg, self.backbone.tokenizer)
         self.answered = self.truncated = 0
 
     def budget(self, answer_type: str) -> int:
-        return self.fixed or self.budgets.get(answer_type) or max(self.budgets.values(), default=128)
+        if self.fixed:
+            return self.fixed
+        direct = self.budgets.get(answer_type) or max(self.budgets.values(), default=128)
+        return max(direct, self.think.get(answer_type, self.think.get("*", 0)))
 
     def __call__(self, rows: list[dict]) -> list[str]:
         from vst_vla.tuning.rollouts import generate
@@ -223,6 +263,10 @@ def model_answer_fn(cfg: SpatialEvalConfig, dataset: datasets.Dataset | None = N
 def run_eval(cfg: SpatialEvalConfig, answer_fn: AnswerFn | None = None) -> dict:
     """The CLI stage: load the questions, get predictions (file, model or `answer_fn`), score and report."""
     dataset = load_eval_dataset(cfg)
+    if cfg.think:
+        from vst_vla.spatial.reasoning import THINK_PROMPT
+
+        dataset = dataset.map(lambda r: {"question": f"{r['question']}\n{THINK_PROMPT}"})
     if answer_fn is None and cfg.model:
         answer_fn = model_answer_fn(cfg, dataset)
     if answer_fn is not None:
@@ -240,7 +284,8 @@ def run_eval(cfg: SpatialEvalConfig, answer_fn: AnswerFn | None = None) -> dict:
     if unknown:
         print(f"spatial-eval: {len(unknown)} predictions have ids not in the dataset (ignored), "
               f"e.g. {sorted(unknown)[:3]}", file=sys.stderr)
-    result = evaluate(dataset, predictions, cfg.scoring)
+    result = evaluate(dataset, predictions, cfg.scoring, cfg.think)
+    result["think"] = cfg.think
     if isinstance(answer_fn, ModelAnswers):  # answers cut by the budget score 0: say how many
         result["truncation_rate"] = answer_fn.truncation_rate
         result["budgets"] = {k: answer_fn.budget(k) for k in sorted({r["answer_type"] for r in dataset})}
