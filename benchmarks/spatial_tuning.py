@@ -46,6 +46,7 @@ from vst_vla.tuning.common import RunSettings, load_rows  # noqa: E402
 from vst_vla.tuning.grpo import GRPOConfig, reward_summary, train_grpo  # noqa: E402
 from vst_vla.tuning.sft import SFTConfig, batch_loss, train_sft  # noqa: E402
 
+THINKING = ("cot_sft", "grpo")  # stages trained to reason first: asked with the think prompt
 CPU_SKILLS = ["depth_comparison_points", "depth_comparison_boxes", "camera_motion"]
 
 
@@ -59,12 +60,15 @@ def summarize(result: dict, data: Path) -> dict:
             "truncation_rate": round(result.get("truncation_rate", 0.0), 4)}
 
 
-def evaluate(model: Path, data: Path, out: Path, name: str) -> dict:
+def evaluate(model: Path, data: Path, out: Path, name: str, think: bool = False) -> dict:
+    """The model's answers to the test split, official scoring; `think`: asked to reason first (the
+    CoT and GRPO stages, as they were trained) and scored on the answer after `</think>`."""
     done = out / f"eval_{name}.json"
-    if done.is_file() and done.stat().st_mtime > (model / "config.json").stat().st_mtime:
+    if (done.is_file() and done.stat().st_mtime > (model / "config.json").stat().st_mtime
+            and json.loads(done.read_text()).get("think", False) == think):
         return summarize(json.loads(done.read_text()), data)  # resumed: this model was scored already
     result = run_eval(SpatialEvalConfig(dataset=str(data), split="test", model=str(model), batch_size=16,
-                                        scoring="official", predictions=str(out / f"pred_{name}.jsonl"),
+                                        scoring="official", think=think, predictions=str(out / f"pred_{name}.jsonl"),
                                         output=str(out / f"eval_{name}.json")))
     return summarize(result, data)
 
@@ -113,8 +117,9 @@ def main() -> None:
     ap.add_argument("--cot-fraction", type=float, default=0.2)
     ap.add_argument("--rl-fraction", type=float, default=0.2)
     ap.add_argument("--sft-steps", type=int, default=800)
-    ap.add_argument("--cot-steps", type=int, default=150)
-    ap.add_argument("--grpo-steps", type=int, default=40)
+    ap.add_argument("--cot-steps", type=int, default=400)
+    ap.add_argument("--cot-lr", type=float, default=1e-3)
+    ap.add_argument("--grpo-steps", type=int, default=60)
     ap.add_argument("--grpo-lr", type=float, default=5e-5)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--pack-tokens", type=int, default=1024)
@@ -181,7 +186,7 @@ def main() -> None:
     wall["blind_sft"] = time.perf_counter() - t
     t = time.perf_counter()
     cot = cached_stage("stage2_cot", out, lambda: train_sft(SFTConfig(
-        data=str(data), subset="cot", batch_size=args.batch_size, lr_llm=3e-4, lr_vision=3e-4,
+        data=str(data), subset="cot", batch_size=args.batch_size, lr_llm=args.cot_lr, lr_vision=args.cot_lr,
         pack_tokens=args.pack_tokens, run=stage("stage2_cot", args.cot_steps, init_from=str(sft)))))
     wall["cot_sft"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -192,7 +197,7 @@ def main() -> None:
     wall["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    results = {name: evaluate(path, data, out, name) for name, path in
+    results = {name: evaluate(path, data, out, name, think=name in THINKING) for name, path in
                (("untuned", untuned), ("sft", sft), ("cot_sft", cot), ("grpo", grpo))}
     results["text_only_blind"] = evaluate(blind, blind_data, out, "text_only_blind")
     wall["eval"] = time.perf_counter() - t
@@ -209,7 +214,7 @@ def main() -> None:
         "grpo_groups_kept_fraction": round(rewards["kept_fraction"], 4),
         "sft_samples_per_s_packed": speed["packed"], "sft_samples_per_s_padded": speed["padded"],
         "eval_truncation_rate": {name: results[name]["truncation_rate"] for name in order},
-        "scoring": "official", "skills": args.skills, "image": args.image,
+        "scoring": "official", "think_prompt": list(THINKING), "skills": args.skills, "image": args.image,
         "steps": {"sft": args.sft_steps, "cot": args.cot_steps, "grpo": args.grpo_steps},
         "train_per_skill": args.train_per_skill, "test_per_skill": args.test_per_skill,
         "wall_s": {k: round(v, 1) for k, v in {**wall, "total": time.perf_counter() - start}.items()},
