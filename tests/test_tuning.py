@@ -163,9 +163,9 @@ def test_packing_gives_the_same_per_sample_losses_as_padding(data):
     with torch.no_grad():
         padded, present = per_sample_losses(backbone.model, encode_padded(backbone, rows, data), len(rows))
         assert present.all()
-        for max_tokens in (10_000, 200):  # one pack, several packs
-            packs = encode_packs(backbone, backbone.model, rows, data, max_tokens)
-            assert (len(packs) == 1) == (max_tokens == 10_000)
+        for max_tokens, per_forward in ((10_000, 0), (200, 1), (200, 0), (200, 2)):  # one pack; several, stacked or not
+            packs = encode_packs(backbone, backbone.model, rows, data, max_tokens, per_forward)
+            assert (len(packs) == 1) == (max_tokens == 10_000 or per_forward == 0)
             packed = torch.zeros(len(rows))
             for pack in packs:
                 losses, mask = per_sample_losses(backbone.model, pack, len(rows))

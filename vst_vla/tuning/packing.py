@@ -10,6 +10,9 @@ positions restarting at 0 for every sample, rows 1-3 each sample's own 3-D mRoPE
 `masking_utils.find_packed_sequence_indices`) reads the restarts in row 0 and makes the attention
 block-diagonal (a mask for sdpa, varlen for flash attention), so every sample attends only to itself
 and sees exactly the positions it has unpacked. The images of all samples go in, in order.
+Several packs go through one forward as rows of a batch (`packs_per_forward`): the tail of a shorter
+pack is padding whose positions restart at 0, so it is a sequence of its own that nothing attends to
+and that carries no labels. One pack per forward keeps the memory of long (16 384-token) packs low.
 """
 
 from __future__ import annotations
@@ -35,20 +38,47 @@ def _rope_module(model):
     raise TypeError(f"{type(model).__name__} has no Qwen2.5-VL get_rope_index")
 
 
-def encode_packs(backbone, model, rows: list[dict], root: str, max_tokens: int) -> list[dict[str, torch.Tensor]]:
-    """`rows` as packs of whole samples of at most `max_tokens` tokens (a longer sample is a pack alone)."""
+def encode_packs(backbone, model, rows: list[dict], root: str, max_tokens: int,
+                 packs_per_forward: int = 0) -> list[dict[str, torch.Tensor]]:
+    """`rows` as packs of whole samples of at most `max_tokens` tokens (a longer sample is a pack alone),
+    stacked `packs_per_forward` to a forward (0: all of them in one)."""
     core = _rope_module(model)
     samples = [encode_for_training(backbone, [row], root) for row in rows]
-    groups, current, length = [], [], 0
-    for i, s in enumerate(samples):
-        n = s["input_ids"].shape[1]
-        if current and length + n > max_tokens:
-            groups.append(current)
-            current, length = [], 0
-        current.append(i)
-        length += n
-    groups.append(current)
-    return [_pack([samples[i] for i in g], core, first_id=g[0]) for g in groups]
+    # first-fit decreasing: the longest samples open the packs, the short ones fill their gaps
+    lengths = [s["input_ids"].shape[1] for s in samples]
+    groups, room = [], []
+    for i in sorted(range(len(samples)), key=lambda i: -lengths[i]):
+        fits = next((g for g, free in enumerate(room) if lengths[i] <= free), None)
+        if fits is None:
+            groups.append([i])
+            room.append(max_tokens - lengths[i])
+        else:
+            groups[fits].append(i)
+            room[fits] -= lengths[i]
+    packs = [_pack([samples[i] for i in g], core, ids=g) for g in groups]
+    per = packs_per_forward or len(packs)
+    return [_stack(packs[i:i + per], backbone.tokenizer.pad_token_id) for i in range(0, len(packs), per)]
+
+
+def _stack(packs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packs as the rows of one batch, each padded to the longest with a label-free tail of its own."""
+    if len(packs) == 1:
+        return packs[0]
+    length = max(p["input_ids"].shape[1] for p in packs)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "mm_token_type_ids": 0, "sample_ids": -1}
+    out = {key: torch.cat([F.pad(p[key], (0, length - p[key].shape[1]), value=v) for p in packs])
+           for key, v in fill.items()}
+    rows = []
+    for p in packs:
+        n = length - p["position_ids"].shape[2]
+        tail = torch.arange(n, dtype=p["position_ids"].dtype, device=p["position_ids"].device).view(1, 1, n)
+        rows.append(torch.cat([p["position_ids"], tail.expand(p["position_ids"].shape[0], 1, n)], dim=2))
+    out["position_ids"] = torch.cat(rows, dim=1)
+    with_images = [p for p in packs if "pixel_values" in p]
+    if with_images:
+        out["pixel_values"] = torch.cat([p["pixel_values"] for p in with_images])
+        out["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in with_images])
+    return out
 
 
 @torch.no_grad()
@@ -59,10 +89,11 @@ def _positions(core, s: dict) -> torch.Tensor:
     return torch.cat([text, rope.to(text.dtype)], dim=0)
 
 
-def _pack(samples: list[dict], core, first_id: int) -> dict[str, torch.Tensor]:
+def _pack(samples: list[dict], core, ids: list[int]) -> dict[str, torch.Tensor]:
+    """One row of `samples` back to back; `ids` are their indices in the batch (for `sample_ids`)."""
     out = {key: torch.cat([s[key] for s in samples], dim=1) for key in ("input_ids", "labels", "mm_token_type_ids")}
     out["position_ids"] = torch.cat([_positions(core, s) for s in samples], dim=2)
-    out["sample_ids"] = torch.cat([torch.full_like(s["input_ids"], first_id + j) for j, s in enumerate(samples)], dim=1)
+    out["sample_ids"] = torch.cat([torch.full_like(s["input_ids"], i) for i, s in zip(ids, samples, strict=True)], dim=1)
     with_images = [s for s in samples if "pixel_values" in s]
     if with_images:
         out["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])

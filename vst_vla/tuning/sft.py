@@ -48,6 +48,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     loss_weighting: str = "sample"  # sample: mean per sample, then over samples | token: mean over tokens
     pack_tokens: int = 0  # > 0: pack each batch's samples into rows of at most this many tokens; 0: pad
+    packs_per_forward: int = 0  # packs stacked into one forward (0: all of a batch's); 1 for long GPU packs
 
 
 def apply_lora(model, lora: LoraSettings):
@@ -63,7 +64,7 @@ def batch_loss(model, backbone, rows: list[dict], cfg: SFTConfig, accelerator) -
     if cfg.loss_weighting not in ("sample", "token"):
         raise ValueError(f"loss_weighting must be sample or token, got {cfg.loss_weighting!r}")
     if cfg.pack_tokens > 0:
-        parts = encode_packs(backbone, model, rows, cfg.data, cfg.pack_tokens)
+        parts = encode_packs(backbone, model, rows, cfg.data, cfg.pack_tokens, cfg.packs_per_forward)
     else:
         parts = [encode_padded(backbone, rows, cfg.data)]
     if cfg.loss_weighting == "token":
