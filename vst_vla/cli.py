@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     if show_only:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return
-    if not logging.getLogger().handlers:  # progress of long stages (training, evaluation) on stderr
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
+    # Progress of long stages (training, evaluation, LeRobot's rollout loop) on stderr at INFO. `force`:
+    # an import may already have given the root logger a WARNING-level default handler (a module-level
+    # `logging.warning` does), which would otherwise silence every INFO line of the stage.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
     resolve(fn_ref)(cfg)
 
 
