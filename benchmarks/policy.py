@@ -64,12 +64,17 @@ def train(name: str, dataset: Path, out: Path, args) -> dict:
                             steps=args.max_steps, max_minutes=args.budget_min, batch_size=args.batch_size,
                             output_dir=str(out), save_freq=500, log_freq=50, eval_freq=args.eval_freq,
                             seed=args.seed, threads=args.threads, **settings)
-    checkpoint = train_policy(cfg)
+    return train_result(train_policy(cfg), out)
+
+
+def train_result(checkpoint, out: Path) -> dict:
+    """What a `train_policy` run in `out` reports: checkpoint, steps, minutes, samples/s, held-out error."""
     summary = json.loads((out / "train_summary.json").read_text())
-    held = json.loads((out / "heldout.json").read_text())
+    held_file = out / "heldout.json"
     return {"checkpoint": str(checkpoint), "steps": summary["steps"],
             "train_minutes": round(summary["train_seconds"] / 60, 2),
-            "train_samples_per_s": summary["train_samples_per_s"], "heldout": held}
+            "train_samples_per_s": summary["train_samples_per_s"],
+            "heldout": json.loads(held_file.read_text()) if held_file.is_file() else {}}
 
 
 def evaluate(name: str, checkpoint: str | None, out: Path, args) -> dict:
@@ -80,14 +85,22 @@ def evaluate(name: str, checkpoint: str | None, out: Path, args) -> dict:
         episodes_per_family=args.episodes_per_family, episode_length=args.eval_episode_length,
         output_dir=str(out / "eval"), videos_per_family=1 if checkpoint else 0,
         rerun_per_family=1 if checkpoint else 0, image_size=args.image_size))
+    return {**family_metrics(report), "recordings": report["recordings"]}
+
+
+def family_metrics(report: dict) -> dict:
+    """Per-family rates, counts and Wilson intervals from an `evaluate_policy` report."""
     fam = report["per_family"]
-    return {"success": {f: r["success"]["rate"] for f, r in fam.items()},
+    return {"episodes": {f: r["n_episodes"] for f, r in fam.items()},
+            "success": {f: r["success"]["rate"] for f, r in fam.items()},
+            "success_count": {f: r["success"]["count"] for f, r in fam.items()},
             "ci95": {f: r["success"]["ci95"] for f, r in fam.items()},
             "correct_object_rate": {f: r["correct_object"]["rate"] for f, r in fam.items()},
+            "correct_object_count": {f: r["correct_object"]["count"] for f, r in fam.items()},
+            "correct_object_ci95": {f: r["correct_object"]["ci95"] for f, r in fam.items()},
             "reached_rate": {f: r["reached"]["rate"] for f, r in fam.items()},
             "lifted_rate": {f: r["lifted"]["rate"] for f, r in fam.items()},
-            "closest_cm": {f: r["closest_cm_mean"] for f, r in fam.items()},
-            "recordings": report["recordings"]}
+            "closest_cm": {f: r["closest_cm_mean"] for f, r in fam.items()}}
 
 
 def control_latency(checkpoint: str, calls: int = 30) -> dict:
@@ -134,7 +147,15 @@ def control_latency(checkpoint: str, calls: int = 30) -> dict:
     return out
 
 
-def cached(path: Path, make) -> dict:
+def cached(path: Path, make, key: str | None = None, value=None) -> dict:
+    """`path`'s result if it is there, else `make()`'s, written atomically. With `key`: a cached result
+    whose `key` is not `value` (another recipe's) is kept aside as result.stale.json and made anew."""
+    if key is not None:
+        if path.is_file() and json.loads(path.read_text()).get(key) != value:
+            stale = path.with_name("result.stale.json")
+            path.replace(stale)
+            print(f"{path.parent}: cached result has another {key}, moved to {stale}; rerunning", file=sys.stderr)
+        make = (lambda make=make: {**make(), key: value})
     if path.is_file():
         return json.loads(path.read_text())
     result = make()
@@ -185,16 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({name: results[name]["success"]}), file=sys.stderr, flush=True)
     for name in args.policies:
         spec = json.loads(json.dumps(policy_spec(name, args.image_size, args.chunk)))
-        def run(name=name, spec=spec):
+        def run(name=name):
             trained = train(name, dataset, out / name / "train", args)
             return {**trained, **evaluate(name, trained["checkpoint"], out / name, args),
-                    "latency": control_latency(trained["checkpoint"]), "spec": spec}
-        result_file = out / name / "result.json"
-        if result_file.is_file() and json.loads(result_file.read_text()).get("spec") != spec:
-            stale = result_file.with_name("result.stale.json")  # another recipe's result: kept aside, rerun
-            result_file.replace(stale)
-            print(f"{name}: cached result is of another recipe, moved to {stale}", file=sys.stderr)
-        results[name] = cached(result_file, run)
+                    "latency": control_latency(trained["checkpoint"])}
+        results[name] = cached(out / name / "result.json", run, key="spec", value=spec)
         print(json.dumps({name: results[name]["success"]}), file=sys.stderr, flush=True)
 
     def table(key):

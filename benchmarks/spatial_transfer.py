@@ -67,7 +67,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/spatial_transfer.py` puts be
 
 import torch  # noqa: E402
 
-from benchmarks.policy import cached, policy_spec  # noqa: E402
+from benchmarks.policy import cached, family_metrics, policy_spec, train_result  # noqa: E402
 from vst_vla.policy.metrics import wilson_interval  # noqa: E402
 
 # name -> folder under --backbones-from, as benchmarks/spatial_tuning.py writes them
@@ -304,20 +304,6 @@ def cell_settings(args, backbone: str, fp: str, n: int, seed: int) -> dict:
             "evaluation": eval_settings(args)}
 
 
-def family_metrics(report: dict) -> dict:
-    """Per-family rates, counts and Wilson intervals from an `evaluate_policy` report."""
-    fam = report["per_family"]
-    return {"episodes": {f: r["n_episodes"] for f, r in fam.items()},
-            "success": {f: r["success"]["rate"] for f, r in fam.items()},
-            "success_count": {f: r["success"]["count"] for f, r in fam.items()},
-            "ci95": {f: r["success"]["ci95"] for f, r in fam.items()},
-            "correct_object_rate": {f: r["correct_object"]["rate"] for f, r in fam.items()},
-            "correct_object_count": {f: r["correct_object"]["count"] for f, r in fam.items()},
-            "correct_object_ci95": {f: r["correct_object"]["ci95"] for f, r in fam.items()},
-            "reached_rate": {f: r["reached"]["rate"] for f, r in fam.items()},
-            "closest_cm": {f: r["closest_cm_mean"] for f, r in fam.items()}}
-
-
 def evaluate(checkpoint: str | None, out: Path, args, baseline: str | None = None) -> dict:
     from vst_vla.policy.evaluate import EvalPolicyConfig, evaluate_policy
 
@@ -341,14 +327,9 @@ def run_cell(backbone: Path, dataset: Path, cell: Path, seed: int, args) -> dict
                             log_freq=50, eval_freq=0, heldout_fraction=args.heldout_fraction,
                             heldout_frames=args.heldout_frames, seed=seed, device=args.device, threads=args.threads,
                             **r["train"])
-    checkpoint = train_policy(cfg)
-    summary = json.loads((cell / "train" / "train_summary.json").read_text())
-    held_file = cell / "train" / "heldout.json"
-    held = json.loads(held_file.read_text()) if held_file.is_file() else {}
-    result = {"checkpoint": str(checkpoint), "steps": summary["steps"],
-              "train_minutes": round(summary["train_seconds"] / 60, 2),
-              "train_samples_per_s": summary["train_samples_per_s"], "heldout_mae_ratio": held.get("mae_ratio"),
-              **evaluate(str(checkpoint), cell / "eval", args)}
+    result = train_result(train_policy(cfg), cell / "train")
+    result["heldout_mae_ratio"] = result.pop("heldout").get("mae_ratio")
+    result.update(evaluate(result["checkpoint"], cell / "eval", args))
     for state in (cell / "train" / "checkpoints").glob("*/training_state.pt"):
         state.unlink()  # optimizer states: only needed to resume training, which a cell never does
     if args.drop_checkpoints:
@@ -357,13 +338,8 @@ def run_cell(backbone: Path, dataset: Path, cell: Path, seed: int, args) -> dict
 
 
 def cached_cell(path: Path, settings: dict, make) -> dict:
-    """`benchmarks/policy.py`'s cache (atomic result.json) plus its rule for another recipe's result: kept
-    aside as result.stale.json, and the cell is rerun."""
-    if path.is_file() and json.loads(path.read_text()).get("settings") != settings:
-        stale = path.with_name("result.stale.json")
-        path.replace(stale)
-        print(f"{path.parent}: cached result has other settings, moved to {stale}; rerunning", file=sys.stderr)
-    return cached(path, lambda: {**make(), "settings": settings})
+    """A cell's result, rerun (the old one kept as result.stale.json) when its settings changed."""
+    return cached(path, make, key="settings", value=settings)
 
 
 def is_cached(path: Path, settings: dict) -> bool:
