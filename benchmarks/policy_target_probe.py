@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)))
     mean, std = data["target"][:n_train].mean(0), data["target"][:n_train].std(0)
-    cameras = [k for k in policy.image_keys]
+    cameras = list(policy.image_keys)
 
     def batch(idx):
         images = {"front": data["front"][idx], "wrist": data["wrist"][idx]}

@@ -203,8 +203,9 @@ def think_budgets(cfg: SpatialEvalConfig, tokenizer) -> dict[str, int]:
     cot = []
     if not cfg.benchmark and (Path(cfg.dataset) / "dataset_dict.json").is_file():
         for split in datasets.load_from_disk(cfg.dataset).values():
-            if "cot" in split.column_names:
-                cot.extend(row for row in split if row["cot"])
+            if "cot" in split.column_names:  # read two columns, not every row's metadata and image paths
+                rows = split.select_columns(["answer", "answer_type", "cot"])
+                cot.extend(rows.select(np.flatnonzero(rows["cot"])))
     if not cot:
         return {"*": DEFAULT_THINK_TOKENS}
     budgets = answer_budgets(tokenizer, cot)

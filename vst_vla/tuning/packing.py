@@ -74,11 +74,7 @@ def _stack(packs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         tail = torch.arange(n, dtype=p["position_ids"].dtype, device=p["position_ids"].device).view(1, 1, n)
         rows.append(torch.cat([p["position_ids"], tail.expand(p["position_ids"].shape[0], 1, n)], dim=2))
     out["position_ids"] = torch.cat(rows, dim=1)
-    with_images = [p for p in packs if "pixel_values" in p]
-    if with_images:
-        out["pixel_values"] = torch.cat([p["pixel_values"] for p in with_images])
-        out["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in with_images])
-    return out
+    return {**out, **_images(packs)}
 
 
 @torch.no_grad()
@@ -94,11 +90,16 @@ def _pack(samples: list[dict], core, ids: list[int]) -> dict[str, torch.Tensor]:
     out = {key: torch.cat([s[key] for s in samples], dim=1) for key in ("input_ids", "labels", "mm_token_type_ids")}
     out["position_ids"] = torch.cat([_positions(core, s) for s in samples], dim=2)
     out["sample_ids"] = torch.cat([torch.full_like(s["input_ids"], i) for i, s in zip(ids, samples, strict=True)], dim=1)
-    with_images = [s for s in samples if "pixel_values" in s]
-    if with_images:
-        out["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])
-        out["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_images])
-    return out
+    return {**out, **_images(samples)}
+
+
+def _images(parts: list[dict]) -> dict[str, torch.Tensor]:
+    """The images of `parts` (samples or packs), in their order: the order of their image tokens."""
+    with_images = [p for p in parts if "pixel_values" in p]
+    if not with_images:
+        return {}
+    return {"pixel_values": torch.cat([p["pixel_values"] for p in with_images]),
+            "image_grid_thw": torch.cat([p["image_grid_thw"] for p in with_images])}
 
 
 def sample_losses(model, batch: dict[str, torch.Tensor], n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
