@@ -190,19 +190,20 @@ def save_final(accelerator: Accelerator, prepared_model, backbone, output_dir: s
     out = Path(output_dir)
     if accelerator.is_main_process:
         if lora.rank > 0:
-            _save_atomic(lambda d: save_lora_adapters(model, d, state_dict=state), out / "final_adapters")
+            save_atomic(lambda d: save_lora_adapters(model, d, state_dict=state), out / "final_adapters")
             if lora.merge_at_end:
                 model.load_state_dict(state)
                 model = merge_lora(model)
             state = None
         if lora.rank == 0 or lora.merge_at_end:
-            _save_atomic(lambda d: (model.save_pretrained(d, state_dict=state), backbone.processor.save_pretrained(d)),
+            save_atomic(lambda d: (model.save_pretrained(d, state_dict=state), backbone.processor.save_pretrained(d)),
                          out / "final")
     accelerator.wait_for_everyone()
     return out / "final"
 
 
-def _save_atomic(write, dest: Path) -> None:
+def save_atomic(write, dest: Path) -> None:
+    """`write(folder)` into a hidden sibling, then swap it in: an interrupted save never leaves half a `dest`."""
     tmp = dest.with_name("." + dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(str(tmp))

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
-from vst_vla.tuning.common import Curves, _save_atomic, write_text_atomic
+from vst_vla.tuning.common import Curves, save_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,11 @@ def train_grounding(cfg: GroundingConfig) -> Path:
     params = [p for p in policy.vlm.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + np.cos(np.pi * min(s, cfg.steps) / max(cfg.steps, 1))))
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.steps)  # as `vst-vla sft`'s
     mean, std = data["target"][train].mean(0), data["target"][train].std(0)
-    home = torch.zeros(1, 6)  # every first frame has the arm at home: the state token is a constant
+    # every first frame has the arm at home, so the state token is a constant; the policy re-initialises
+    # its state projection anyway, so zeros (not the dataset-normalised home) lose nothing
+    home = torch.zeros(1, 6)
 
     def predict(idx: np.ndarray) -> torch.Tensor:
         batch = {f"observation.images.{c}": torch.from_numpy(data[c][idx]).permute(0, 3, 1, 2).float() / 255
@@ -219,7 +221,7 @@ def train_grounding(cfg: GroundingConfig) -> Path:
         loss_sum, n_loss = loss_sum + loss.item(), n_loss + 1
     curves.finish("grounding")
     final = out / "final"
-    _save_atomic(lambda d: (policy.vlm.save_pretrained(d), policy.processor.save_pretrained(d)), final)
+    save_atomic(lambda d: (policy.vlm.save_pretrained(d), policy.processor.save_pretrained(d)), final)
     target, test_rows = data["target"][test], data["lookalikes"][test]
     references = {"mean_position_cm": float(np.linalg.norm(target - mean, axis=1).mean() * 100),
                   "lookalike_centre_cm": history[-1].get("centre_cm")}
