@@ -3,6 +3,9 @@ steps, score the policy's chunk against the expert's next actions (mean |error| 
 
 A policy that tracks the expert once under way but misses the first chunk (the only one where the
 image alone says where to go) has not learned to locate its target. The rollouts only show the sum.
+Per joint, the correlation of the chunk's motion (action minus the state it starts from) with the
+expert's says which joints the policy has learned at all: a joint it predicts from nothing scores ~0
+however small its mean error (shoulder_pan moves only while the arm turns to its target).
 
     python benchmarks/policy_phase_error.py --policy CKPT --family pick_relation --episodes 8
     python benchmarks/policy_phase_error.py --policy CKPT --seed-base 0      # training scenes
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = SpatialTabletopEnv(task=args.family, cameras=tuple(loaded.cameras), observation_width=w,
                              observation_height=h, episode_length=300)
     errors: dict[int, list[np.ndarray]] = {}
+    moves: list[tuple[np.ndarray, np.ndarray]] = []  # (policy, expert) chunk motion from the chunk's start state
     try:
         for k in range(args.episodes):
             seed = episode_seed(args.seed_base, args.family, k)
@@ -61,14 +65,19 @@ def main(argv: list[str] | None = None) -> dict:
                 agent.act(trajectory[t][0], env)  # the chunk predicted from the expert's observation at t
                 n = min(len(agent.chunk), len(actions) - t)
                 errors.setdefault(t, []).append(np.abs(agent.chunk[:n] - actions[t:t + n]).mean(0))
+                start = np.asarray(trajectory[t][0]["agent_pos"])
+                moves.append((agent.chunk[:n] - start, actions[t:t + n] - start))
     finally:
         env.close()
     names = getattr(loaded.policy.config, "action_feature_names", None)
     phase = {t: np.mean(e, 0).round(2).tolist() for t, e in sorted(errors.items()) if len(e) >= max(1, args.episodes // 2)}
     for t, e in phase.items():
         print(f"step {t:3d}: " + " ".join(f"{x:6.2f}" for x in e), file=sys.stderr)
+    pred, expert_moves = (np.concatenate([m[i] for m in moves]) for i in (0, 1))
+    correlation = [round(float(np.corrcoef(pred[:, j], expert_moves[:, j])[0, 1]), 3) for j in range(pred.shape[1])]
+    print("motion correlation with the expert per joint: " + " ".join(f"{c:6.2f}" for c in correlation), file=sys.stderr)
     report = {"policy": args.policy, "family": args.family, "episodes": args.episodes, "seed_base": args.seed_base,
-              "joints": names, "phase_error": phase}
+              "joints": names, "phase_error": phase, "motion_correlation": correlation}
     print(json.dumps(report))
     return report
 
