@@ -93,3 +93,26 @@ def test_approach_noise_perturbs_the_arm_but_records_the_experts_actions():
     np.testing.assert_array_equal(noisy_a[approach], clean_a[approach])  # labels: the expert's, unperturbed
     assert np.abs(noisy_s[approach][:, :5] - clean_s[approach][:, :5]).max() > 2.0  # the arm was pushed off course
     assert np.array_equal(ApproachNoise(6.0, 10.0, 1)(clean_a[0], approaching=False), clean_a[0])
+
+
+def test_descent_noise_fades_to_nothing_at_the_grasp():
+    """With `descent_noise` the offset's share is 1 while approaching, falls with the commanded height
+    during the descent, and is 0 at the grasp and after, so grasps stay the expert's."""
+    from lerobot_env_vst_vla import SpatialTabletopEnv
+    from lerobot_env_vst_vla.expert import ScriptedExpert
+
+    from vst_vla.collect import noise_share
+
+    env = SpatialTabletopEnv(task="pick_extreme", obs_type="agent_pos", episode_length=120)
+    env.reset(seed=3)
+    expert, shares, stages = ScriptedExpert(env), [], []
+    for _ in range(100):
+        shares.append(noise_share(expert, 0.5)), stages.append(expert.stage)
+        assert noise_share(expert, 0.0) == float(expert.stage == 0)
+        env.step(expert.act())
+    env.close()
+    shares, stages = np.array(shares), np.array(stages)
+    assert np.all(shares[stages == 0] == 1.0) and np.all(shares[stages >= 2] == 0.0)
+    descent = shares[stages == 1]
+    assert len(descent) > 5 and descent.max() <= 0.5 and descent.min() < 0.05
+    assert np.all(np.diff(descent) <= 1e-9)  # falls as the jaws go down

@@ -73,6 +73,7 @@ class CollectConfig:
     # action stays the expert's, so demonstrations also show how to get back on course. 0: clean demos.
     approach_noise_deg: float = 0.0
     approach_noise_steps: float = 10.0  # correlation time of the offset (control steps)
+    descent_noise: float = 0.0  # the offset's share during the descent to the grasp, fading to 0 at the bottom
     # keep only episodes the expert solved; failed ones are discarded and another seed is tried
     only_successful: bool = True
     resume: bool = False  # append to an existing dataset at root, skipping episodes already there
@@ -165,7 +166,8 @@ def collect(cfg: CollectConfig) -> Path:
                 if attempt > 20 * cfg.episodes_per_task + 20:
                     raise RuntimeError(f"{family}: the expert failed too often ({attempt} attempts)")
                 seed = episode_seed(cfg.seed, family, attempt)
-                success, frames = _record_episode(env, ds, seed, cfg.approach_noise_deg, cfg.approach_noise_steps)
+                success, frames = _record_episode(env, ds, seed, cfg.approach_noise_deg, cfg.approach_noise_steps,
+                                                  cfg.descent_noise)
                 if success or not cfg.only_successful:
                     index = ds.meta.total_episodes
                     ds.save_episode()
@@ -200,26 +202,39 @@ def _raise_interrupt(signum, frame):
 
 
 class ApproachNoise:
-    """An Ornstein-Uhlenbeck offset on the five arm joints (degrees), on only while the expert approaches
-    (stage 0, until it is above its target), so grasps stay as precise as the clean expert's."""
+    """An Ornstein-Uhlenbeck offset on the five arm joints (degrees), on while the expert approaches (stage 0,
+    until it is above its target) and, with `descent_noise`, scaled down to 0 as it descends to the grasp, so
+    the demonstrations show corrections where a policy's descent goes astray and grasps stay precise."""
 
     def __init__(self, std_deg: float, steps: float, seed: int):
         self.std, self.decay = std_deg, float(np.exp(-1.0 / max(steps, 1.0)))
         self.rng = np.random.default_rng([seed, 7])
         self.offset = np.zeros(5)
 
-    def __call__(self, action: np.ndarray, approaching: bool) -> np.ndarray:
+    def __call__(self, action: np.ndarray, approaching: bool | float) -> np.ndarray:
+        """`approaching`: the share of the offset to apply (True = 1, False = 0: the offset restarts)."""
         if self.std <= 0:
             return action
         kick = self.rng.normal(0.0, self.std * np.sqrt(1 - self.decay**2), 5)
-        self.offset = self.decay * self.offset + kick if approaching else np.zeros(5)
+        scale = float(approaching)
+        self.offset = self.decay * self.offset + kick if scale > 0 else np.zeros(5)
         out = action.copy()
-        out[:5] += self.offset.astype(out.dtype)
+        out[:5] += (scale * self.offset).astype(out.dtype)
         return out
 
 
+def noise_share(expert: ScriptedExpert, descent_noise: float) -> float:
+    """1 while the expert approaches; during the descent `descent_noise`, falling linearly to 0 at the grasp."""
+    if expert.stage == 0:
+        return 1.0
+    if expert.stage == 1 and descent_noise > 0:
+        top, bottom = expert.plan[0].xyz[2], expert.plan[1].xyz[2]
+        return descent_noise * float(np.clip((expert.cmd[2] - bottom) / max(top - bottom, 1e-6), 0.0, 1.0))
+    return 0.0
+
+
 def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int, noise_deg: float = 0.0,
-                    noise_steps: float = 10.0) -> tuple[bool, list[dict]]:
+                    noise_steps: float = 10.0, descent_noise: float = 0.0) -> tuple[bool, list[dict]]:
     obs, _ = env.reset(seed=seed)
     expert = ScriptedExpert(env)
     noise = ApproachNoise(noise_deg, noise_steps, seed)
@@ -232,7 +247,7 @@ def _record_episode(env: SpatialTabletopEnv, ds: LeRobotDataset, seed: int, nois
         for cam, img in obs["pixels"].items():
             frame[f"observation.images.{cam}"] = img
         ds.add_frame(frame)  # the expert's action is the label, also when a perturbed one is executed
-        obs, _, terminated, truncated, info = env.step(noise(action, approaching=expert.stage == 0))
+        obs, _, terminated, truncated, info = env.step(noise(action, approaching=noise_share(expert, descent_noise)))
         success = info["is_success"]
         if terminated or truncated:
             return success, frames
