@@ -101,6 +101,82 @@ def test_flow_policy_learns_held_out_actions(dataset, tmp_path):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
+def test_frozen_vlm_expert_phase_learns_and_keeps_the_vlm(dataset, tmp_path):
+    """`expert_steps` after a few end-to-end steps: the VLM's weights stay exactly as the end-to-end
+    phase left them, the expert's change, and the held-out error falls (a phase that updated nothing, or
+    trained on wrong cached targets, would leave it where it was)."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    out = tmp_path / "train"
+    train_policy(TrainPolicyConfig(
+        dataset_root=str(dataset), output_dir=str(out), steps=20, batch_size=8, lr=1e-3,
+        policy_overrides={"action_head": "flow", "backbone_preset": "tiny", "image_size": [IMAGE, IMAGE],
+                          "chunk_size": 4, "num_steps": 5, "use_relative_actions": True},
+        eval_freq=0, heldout_fraction=0.25, heldout_frames=64, log_freq=50, save_freq=10**6,
+        decision_scenes=2, decision_fraction=0.25,  # both phases mix them in (the cache holds them too)
+        expert_steps=300, expert_batch_size=32))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["end_to_end_steps"] == 20 and summary["expert_steps"] == 300 and summary["steps"] == 320
+    before = load_file(str(out / "checkpoints" / "000020" / "pretrained_model" / "model.safetensors"))
+    after = load_file(str(out / "checkpoints" / "000320" / "pretrained_model" / "model.safetensors"))
+    vlm = [k for k in before if not k.startswith("expert.")]
+    assert vlm and all(torch.equal(before[k], after[k]) for k in vlm)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("expert."))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ratios = [(r["step"], r["heldout_mae_ratio"]) for r in rows if "heldout_mae_ratio" in r]
+    assert [s for s, _ in ratios] == [20, 320], ratios
+    assert ratios[1][1] < 0.9 * ratios[0][1], ratios  # measured 0.47 -> 0.39
+
+
+def test_expert_phase_without_a_flow_expert_fails_before_training(dataset, tmp_path):
+    with pytest.raises(ValueError, match="flow expert on a frozen VLM"):
+        train_policy(TrainPolicyConfig(
+            dataset_root=str(dataset), output_dir=str(tmp_path / "t"), steps=10**6, batch_size=2,
+            policy_overrides={"action_head": "tokens", "backbone_preset": "tiny", "image_size": [IMAGE, IMAGE]},
+            expert_steps=10))
+    assert not (tmp_path / "t" / "checkpoints").exists()
+
+
+def test_decision_scenes_are_policy_samples_with_the_experts_labels(dataset):
+    """Extra scenes' frames have the dataset samples' keys and shapes, unseen seeds, and the clean expert's
+    next actions as labels; mixed in, they replace the batch's tail and keep its size."""
+    from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
+    from lerobot_env_vst_vla.expert import ScriptedExpert
+
+    from vst_vla.policy.decision_scenes import DECISION_SEED_BASE, SEEDS_PER_FAMILY, dataset_families, load_decision_scenes
+    from vst_vla.policy.train import _collate, _with_decision_scenes
+
+    cams = ["observation.images.front", "observation.images.wrist"]
+    assert dataset_families(dataset) == ["pick_extreme"]
+    scenes = load_decision_scenes(dataset, None, 3, (IMAGE, IMAGE), cams, 4, [0, 10])
+    assert len(scenes) == 6
+    table = read_episode_table(dataset)
+    real = ChunkDataset(table, build_frame_cache(dataset, cams, (IMAGE, IMAGE)), cams, 4, table.episodes)[0]
+    sample = scenes[0]
+    assert sample.keys() == real.keys()
+    assert all(sample[k].shape == real[k].shape for k in real if k != "task")
+
+    env = SpatialTabletopEnv(task="pick_extreme", obs_type="agent_pos", observation_width=IMAGE, observation_height=IMAGE)
+    try:
+        seed = DECISION_SEED_BASE + SEEDS_PER_FAMILY * sorted(FAMILIES).index("pick_extreme")
+        assert seed >= 600_000  # collect's seeds are below, eval-policy's from 1 000 000
+        obs, _ = env.reset(seed=seed)
+        first_action, instruction = ScriptedExpert(env).act(), env.task_description
+    finally:
+        env.close()
+    np.testing.assert_allclose(sample["observation.state"].numpy(), obs["agent_pos"], atol=1e-4)
+    np.testing.assert_allclose(sample["action"][0].numpy(), first_action, atol=1e-4)
+    assert sample["task"] == instruction
+
+    cfg = TrainPolicyConfig(batch_size=8, decision_fraction=0.25)
+    batch = _collate([real] * 8)
+    mixed = _with_decision_scenes(batch, scenes, cfg, torch.Generator().manual_seed(0))
+    assert mixed["action"].shape == batch["action"].shape and len(mixed["task"]) == 8
+    assert torch.equal(mixed["action"][:6], batch["action"][:6]) and not torch.equal(mixed["action"][6:], batch["action"][6:])
+
+
 @pytest.mark.parametrize("baseline,expect", [("do_nothing", 0.0), ("random", 0.0), ("blind_expert", None)])
 def test_baselines(baseline, expect, tmp_path):
     report = evaluate_policy(EvalPolicyConfig(baseline=baseline, tasks=["pick_relation"], episodes_per_family=8,

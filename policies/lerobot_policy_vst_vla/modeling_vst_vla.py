@@ -322,19 +322,50 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
     def _expert_inputs(self, prefix: Prefix) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attention mask (valid prefix + the whole chunk) and RoPE of the chunk, which follows the prefix."""
+        return self.expert_inputs(prefix.attention_mask, prefix.next_position)
+
+    def expert_inputs(self, attention_mask: Tensor, next_position: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`_expert_inputs` from a prefix's (B, S) attention mask and (B,) next position alone (a cached prefix)."""
         t = self.config.chunk_size
-        chunk = torch.ones_like(prefix.attention_mask[:, :1]).expand(-1, t)
-        mask = torch.cat([prefix.attention_mask, chunk], dim=1).bool()[:, None, None, :]
+        chunk = torch.ones_like(attention_mask[:, :1]).expand(-1, t)
+        mask = torch.cat([attention_mask, chunk], dim=1).bool()[:, None, None, :]
         # Same rotary tables as the VLM: the action tokens sit where the next text tokens would.
+        positions = (next_position[:, None] + torch.arange(t, device=next_position.device))[None].expand(3, -1, -1)
         dummy = torch.zeros(1, dtype=torch.float32, device=mask.device)
-        rope = self.vlm.model.language_model.rotary_emb(dummy, prefix.positions_after(0, t))
+        rope = self.vlm.model.language_model.rotary_emb(dummy, positions)
         return mask, rope
 
+    @torch.no_grad()
+    def prefix_features(self, batch: dict) -> dict[str, Tensor]:
+        """What the flow expert reads of an observation batch (preprocessed): the K/V of the VLM layers it
+        attends to, (B, layers, kv_heads, S, head_dim) each, the (B, S) attention mask and the (B,) next
+        position. With the VLM frozen these are fixed per frame, so `vst-vla train-policy expert_steps=…`
+        computes them once and trains the expert alone on them (`flow_loss_on_features`)."""
+        if self.config.action_head != "flow":
+            raise ValueError(f"prefix features feed the flow expert; this policy's action_head is "
+                             f"{self.config.action_head!r}")
+        self._check_batch(batch, with_action=False)
+        prefix = self._encode_prefix(batch)
+        kv = self._prefix_kv(prefix)
+        return {"keys": torch.stack([key for key, _ in kv], 1), "values": torch.stack([value for _, value in kv], 1),
+                "attention_mask": prefix.attention_mask, "next_position": prefix.next_position}
+
+    def flow_loss_on_features(self, features: dict[str, Tensor], actions: Tensor, valid: Tensor) -> Tensor:
+        """Per-sample flow loss from `prefix_features` (possibly cached): the same as `forward`'s for the
+        same noise and times, without running the VLM."""
+        mask, rope = self.expert_inputs(features["attention_mask"], features["next_position"])
+        keys, values = features["keys"], features["values"]
+        prefix_kv = [(keys[:, i], values[:, i]) for i in range(keys.shape[1])]
+        return self._flow_loss_on_kv(prefix_kv, mask, rope, actions, valid)
+
     def _flow_loss(self, prefix: Prefix, actions: Tensor, valid: Tensor) -> tuple[Tensor, dict]:
+        mask, rope = self._expert_inputs(prefix)
+        return self._flow_loss_on_kv(self._prefix_kv(prefix), mask, rope, actions, valid), {}
+
+    def _flow_loss_on_kv(self, prefix_kv: list[tuple[Tensor, Tensor]], mask: Tensor, rope: tuple[Tensor, Tensor],
+                         actions: Tensor, valid: Tensor) -> Tensor:
         cfg = self.config
         k = cfg.flow_samples_per_obs
-        mask, rope = self._expert_inputs(prefix)
-        prefix_kv = self._prefix_kv(prefix)
         if k > 1:  # several (noise, time) draws share one VLM pass: the expensive prefix is computed once
             rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
             actions, valid, mask = rep(actions), rep(valid), rep(mask)
@@ -349,7 +380,7 @@ class VSTVLAPolicy(PreTrainedPolicy):
         velocity = self.expert(x_t, time, prefix_kv, mask, rope)
         err = ((velocity - (noise - actions)) ** 2).mean(-1)  # (B·k, T)
         per_sample = (err * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return per_sample.view(-1, k).mean(1), {}
+        return per_sample.view(-1, k).mean(1)
 
     def _sample_flow(self, prefix: Prefix, noise: Tensor | None, inference_delay: int | None = None,
                      prev_chunk_left_over: Tensor | None = None, execution_horizon: int | None = None) -> Tensor:
