@@ -72,8 +72,13 @@ class Prefix:
 
     def positions_after(self, offset: int, n: int) -> Tensor:
         """(3, B, n) positions of n text tokens starting `offset` tokens after the prefix (t = h = w)."""
-        pos = self.next_position[:, None] + offset + torch.arange(n, device=self.next_position.device)
-        return pos[None].expand(3, -1, -1)
+        return text_positions_after(self.next_position, offset, n)
+
+
+def text_positions_after(next_position: Tensor, offset: int, n: int) -> Tensor:
+    """(3, B, n) mRoPE positions of n text tokens starting `offset` tokens after prefixes ending at `next_position`."""
+    pos = next_position[:, None] + offset + torch.arange(n, device=next_position.device)
+    return pos[None].expand(3, -1, -1)
 
 
 class VSTVLAPolicy(PreTrainedPolicy):
@@ -330,9 +335,8 @@ class VSTVLAPolicy(PreTrainedPolicy):
         chunk = torch.ones_like(attention_mask[:, :1]).expand(-1, t)
         mask = torch.cat([attention_mask, chunk], dim=1).bool()[:, None, None, :]
         # Same rotary tables as the VLM: the action tokens sit where the next text tokens would.
-        positions = (next_position[:, None] + torch.arange(t, device=next_position.device))[None].expand(3, -1, -1)
         dummy = torch.zeros(1, dtype=torch.float32, device=mask.device)
-        rope = self.vlm.model.language_model.rotary_emb(dummy, positions)
+        rope = self.vlm.model.language_model.rotary_emb(dummy, text_positions_after(next_position, 0, t))
         return mask, rope
 
     @torch.no_grad()

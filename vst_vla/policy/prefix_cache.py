@@ -103,7 +103,7 @@ def expert_step(policy, cache: PrefixCache, optimizer, batch_size: int, generato
                      n + torch.randint(0, max(extra, 1), (k,), generator=generator)])
     features, actions, valid = cache.batch(idx)
     device = next(policy.expert.parameters()).device
-    features = {k: v.to(device) for k, v in features.items()}
+    features = {name: v.to(device) for name, v in features.items()}
     loss = policy.flow_loss_on_features(features, actions.to(device), valid.to(device)).mean()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.expert.parameters(), grad_clip)

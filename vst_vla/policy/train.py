@@ -340,7 +340,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
             seen += cfg.batch_size
             loss_window.append(loss.item())
             if deadline is not None and step >= 20:  # a time budget: shrink the run (and schedule) to fit it
-                total[0] = min(cfg.steps, step if t_train >= deadline else int(step * deadline / t_train))
+                total[0] = _steps_within(deadline, step, t_train, cfg.steps)
             if step % cfg.log_freq == 0 or step == total[0]:
                 curves.log(step, loss=float(np.mean(loss_window)), lr=scheduler.get_last_lr()[0],
                            grad_norm=float(grad_norm), samples_per_s=seen / max(t_train, 1e-9))
@@ -370,6 +370,11 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     curves.finish(f"{cfg.policy_type} training")
     print(f"policy checkpoint: {checkpoint}")
     return checkpoint
+
+
+def _steps_within(deadline: float, done: int, seconds: float, most: int) -> int:
+    """The run's step count under a time budget, from the pace so far (never above `most`)."""
+    return min(most, done if seconds >= deadline else int(done * deadline / seconds))
 
 
 def _with_decision_scenes(batch: dict, decision, cfg: TrainPolicyConfig, generator: torch.Generator) -> dict:
@@ -429,7 +434,7 @@ def _expert_phase(cfg: TrainPolicyConfig, policy, opt_cfg, grad_clip: float, tra
         done += 1
         t_train += time.perf_counter() - t
         if deadline is not None and done >= 20:
-            total[0] = min(steps, done if t_train >= deadline else int(done * deadline / t_train))
+            total[0] = _steps_within(deadline, done, t_train, steps)
         if done % cfg.log_freq == 0 or done == total[0]:
             rate = done * cfg.expert_batch_size / max(t_train, 1e-9)
             curves.log(start + done, loss=float(np.mean(losses)), lr=scheduler.get_last_lr()[0], samples_per_s=rate)
