@@ -160,6 +160,19 @@ def test_flow_cache_gives_the_same_actions_as_recomputing_the_prefix(policies, m
     torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
 
 
+def test_inference_noise_scale_zero_is_deterministic(policies, monkeypatch):
+    policy = policies["flow"]
+    batch = make_batch(policy.config)
+    drawn = [policy.predict_action_chunk(batch) for _ in range(2)]
+    assert not torch.allclose(drawn[0], drawn[1])  # scale 1 samples: two calls differ
+    monkeypatch.setattr(policy.config, "inference_noise_scale", 0.0)
+    zero = policy.predict_action_chunk(batch)
+    torch.testing.assert_close(policy.predict_action_chunk(batch), zero, atol=0, rtol=0)
+    torch.testing.assert_close(zero, policy.predict_action_chunk(batch, noise=torch.zeros_like(zero)), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="inference_noise_scale"):
+        make_config("flow", inference_noise_scale=1.5)
+
+
 def test_tokens_cached_decoding_matches_a_full_forward(policies):
     """Greedy decoding on the KV cache (positions after the prefix = mask sum + rope delta) must pick
     the same tokens as one teacher-forced pass over prefix + decoded tokens."""

@@ -66,6 +66,9 @@ class VSTVLAConfig(PreTrainedConfig):
     expert_num_layers: int | None = None  # None: one expert layer per VLM layer
     expert_num_heads: int | None = None  # None: the VLM's number of attention heads
     num_steps: int = 10  # Euler steps from noise (t=1) to actions (t=0)
+    # std of the starting noise at inference (training always draws N(0, 1)): 1 samples the learned
+    # distribution; below 1 moves toward its mode (0: deterministic), steadier chunks from an underfit model
+    inference_noise_scale: float = 1.0
     time_beta_alpha: float = 1.5  # t ~ Beta(alpha, beta) when training (pi0)
     time_beta_beta: float = 1.0
     # Training-time probability of hiding the robot state (its token's embedding set to zero): the
@@ -136,6 +139,8 @@ class VSTVLAConfig(PreTrainedConfig):
             raise ValueError(f"state_dropout must be in [0, 1), got {self.state_dropout}")
         if self.flow_samples_per_obs < 1:
             raise ValueError(f"flow_samples_per_obs must be >= 1, got {self.flow_samples_per_obs}")
+        if not 0.0 <= self.inference_noise_scale <= 1.0:
+            raise ValueError(f"inference_noise_scale must be in [0, 1], got {self.inference_noise_scale}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
         if self.lora_rank < 0:

@@ -395,7 +395,7 @@ class VSTVLAPolicy(PreTrainedPolicy):
         """
         shape = (prefix.input_ids.shape[0], self.config.chunk_size, self.config.action_dim)
         if noise is None:
-            noise = sample_noise(shape, prefix.input_ids.device)
+            noise = sample_noise(shape, prefix.input_ids.device) * self.config.inference_noise_scale
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape (B, chunk_size, action_dim) = {shape}, got {tuple(noise.shape)}")
         if prev_chunk_left_over is not None:
