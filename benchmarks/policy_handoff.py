@@ -22,6 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 PHASES = {"start": 0, "above": 1, "grasp": 2, "closed": 3}  # expert stage at which the policy takes over
 
@@ -70,9 +71,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     p.add_argument("--episode-length", type=int, default=200)
     p.add_argument("--seed-base", type=int, default=ev.EVAL_SEED_BASE, help="0: the collection's (training) seeds")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="inference-time fields of the checkpoint's config, e.g. inference_noise_scale=0 n_action_steps=5")
     args = p.parse_args(argv)
 
-    loaded = ev.load_policy(args.policy)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected FIELD=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    loaded = ev.load_policy(args.policy, overrides=overrides)
     if args.seed_base == ev.EVAL_SEED_BASE:
         ev.check_disjoint_seeds(args.policy, {episode_seed(args.seed_base, args.family, k) for k in range(args.episodes)})
     h, w = loaded.image_hw
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         env.close()
     n = args.episodes
     report = {
-        "policy": args.policy, "family": args.family, "episodes": n, "seed_base": args.seed_base,
+        "policy": args.policy, "family": args.family, "episodes": n, "seed_base": args.seed_base, "overrides": overrides,
         "success": {ph: sum(r["success"] for r in rs) / n for ph, rs in results.items()},
         "ci95": {ph: list(wilson_interval(sum(r["success"] for r in rs), n)) for ph, rs in results.items()},
         "reached": {ph: sum(bool(r.get("reached")) for r in rs) / n for ph, rs in results.items()},

@@ -119,6 +119,23 @@ def test_eval_policy_reports_records_and_films(checkpoint, tmp_path):
     assert _values(entities["world/objects"], "Boxes3D:centers")  # and the scene
 
 
+def test_eval_policy_overrides_inference_fields_of_the_checkpoint(checkpoint, tmp_path):
+    """`policy_overrides` changes how a checkpoint is run (here 2 of each 4-step chunk executed), and names bad keys."""
+    from vst_vla.policy.evaluate import load_policy
+
+    out = tmp_path / "eval"
+    cli(["eval-policy", f"policy_path={checkpoint}", f"output_dir={out}", "tasks=[stack]", "episodes_per_family=1",
+         "episode_length=9", "videos_per_family=0", "rerun_per_family=0",
+         "+policy_overrides.n_action_steps=2", "+policy_overrides.inference_noise_scale=0.0"])
+    report = json.loads((out / "eval.json").read_text())
+    assert report["per_family"]["stack"]["episodes"][0]["chunks"] == 5  # new chunks at steps 0, 2, 4, 6, 8
+    assert report["config"]["policy_overrides"] == {"n_action_steps": 2, "inference_noise_scale": 0.0}
+    with pytest.raises(ValueError, match="not_a_field"):
+        load_policy(checkpoint, overrides={"not_a_field": 1})
+    with pytest.raises(ValueError, match="n_action_steps"):
+        load_policy(checkpoint, overrides={"n_action_steps": 5})  # > chunk_size 4
+
+
 def test_train_policy_on_a_tuned_backbone_run_folder(checkpoint, tmp_path):
     """`backbone_path` takes a `vst-vla sft/grpo` run folder and trains on its `final/` checkpoint."""
     from lerobot_policy_vst_vla.backbone import BackboneConfig, build_backbone

@@ -53,6 +53,8 @@ class EvalPolicyConfig:
     # baselines rolled out on the same seeds after the policy, in one comparison table
     compare_baselines: list[str] = field(default_factory=list)
     image_size: int = 112  # camera size for baselines (a policy's own size is read from its checkpoint)
+    # inference-time fields of the checkpoint's config, e.g. {n_action_steps: 5, inference_noise_scale: 0}
+    policy_overrides: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -65,8 +67,14 @@ class LoadedPolicy:
     image_hw: tuple[int, int]
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> LoadedPolicy:
-    """A checkpoint folder (`.../pretrained_model`) through LeRobot's loaders, as lerobot-eval does."""
+def load_policy(path: str | Path, device: str = "cpu", overrides: dict | None = None) -> LoadedPolicy:
+    """A checkpoint folder (`.../pretrained_model`) through LeRobot's loaders, as lerobot-eval does.
+
+    `overrides` sets fields of the checkpoint's config before the policy is built (inference-time knobs
+    such as `n_action_steps` or `inference_noise_scale`); the config's own checks run again on them.
+    """
+    import dataclasses
+
     from lerobot.configs import PreTrainedConfig
     from lerobot.policies.factory import make_policy, make_pre_post_processors
     from lerobot.utils.import_utils import register_third_party_plugins
@@ -75,6 +83,14 @@ def load_policy(path: str | Path, device: str = "cpu") -> LoadedPolicy:
     cfg = PreTrainedConfig.from_pretrained(path)
     cfg.pretrained_path = Path(path)
     cfg.device = device
+    if overrides:
+        names = {f.name for f in dataclasses.fields(cfg)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"policy_overrides {unknown} are not fields of {type(cfg).__name__} (checkpoint {path})")
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        cfg.__post_init__()  # the config's own range checks, on the overridden values
     prefix = "observation.images."
     cameras = [k[len(prefix):] for k in cfg.input_features if k.startswith(prefix)]
     if not cameras:
@@ -348,7 +364,7 @@ def evaluate_policy(cfg: EvalPolicyConfig) -> dict:
     loaded = None
     if cfg.baseline is None:
         check_disjoint_seeds(cfg.policy_path, {s for v in seeds.values() for s in v})
-        loaded = load_policy(cfg.policy_path, cfg.device)
+        loaded = load_policy(cfg.policy_path, cfg.device, dict(cfg.policy_overrides))
         _check_action_space(loaded, "joint")
     per_family: dict[str, list[dict]] = {}
     videos, recordings = [], []
