@@ -30,6 +30,7 @@ from lerobot_env_vst_vla import FAMILIES, ScriptedExpert, SpatialTabletopEnv
 from lerobot_env_vst_vla.env import ACTION_NAMES
 from lerobot_env_vst_vla.robot import MOTOR_KEYS
 
+from .atomic import write_json_gz_atomic
 from .policy.stats import write_global_stats
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,6 @@ def dataset_features(cfg: CollectConfig) -> dict:
         features[f"observation.images.{cam}"] = {
             "dtype": "video", "shape": (cfg.image_size, cfg.image_size, 3), "names": ["height", "width", "channels"]}
     return features
-
-
-def write_json_gz_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with gzip.open(tmp, "wt") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
 
 
 def load_scene_ground_truth(root: str | Path, episode_index: int) -> dict:

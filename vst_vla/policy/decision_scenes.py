@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vst_vla.atomic import save_npz_atomic
+
 log = logging.getLogger(__name__)
 
 DECISION_SEED_BASE = 700_000
@@ -81,10 +83,7 @@ def render_decision_scenes(family: str, n: int, size: tuple[int, int], cameras: 
     finally:
         env.close()
     data = {k: np.array(v) if k == "task" else np.stack(v) for k, v in rows.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.replace(cache)
+    save_npz_atomic(cache, data)
     return data
 
 

@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
+from vst_vla.atomic import save_atomic, write_text_atomic
 from vst_vla.backbone import LORA_TARGETS, BackboneConfig, merge_lora, resolve_device, save_lora_adapters
 from vst_vla.backbone.precision import training_precision
 
@@ -176,12 +177,6 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_final(accelerator: Accelerator, prepared_model, backbone, output_dir: str | Path, lora: LoraSettings) -> Path:
     """`final/` is a plain Qwen2.5-VL checkpoint folder (model + processor) that the next stage or the
     policy loads with `pretrained_path`; LoRA runs also keep their adapters in `final_adapters/`."""
@@ -200,15 +195,6 @@ def save_final(accelerator: Accelerator, prepared_model, backbone, output_dir: s
                          out / "final")
     accelerator.wait_for_everyone()
     return out / "final"
-
-
-def save_atomic(write, dest: Path) -> None:
-    """`write(folder)` into a hidden sibling, then swap it in: an interrupted save never leaves half a `dest`."""
-    tmp = dest.with_name("." + dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
 
 
 # --- curves ------------------------------------------------------------------------------------------

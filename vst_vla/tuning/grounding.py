@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from vst_vla.tuning.common import Curves, save_atomic, write_text_atomic
+from vst_vla.atomic import save_atomic, save_npz_atomic, write_text_atomic
+from vst_vla.tuning.common import Curves
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,7 @@ def render_first_frames(family: str, n: int, size: int, cameras: list[str], cach
         rows["criterion"].append(str(details.get("relation") or details.get("criterion") or family))
     env.close()
     data = {k: np.array(v) if k in ("task", "criterion") else np.stack(v) for k, v in rows.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.replace(cache)
+    save_npz_atomic(cache, data)
     return data
 
 
