@@ -60,7 +60,7 @@ class HandoffAgent:
 def main(argv: list[str] | None = None) -> dict:
     from lerobot_env_vst_vla import SpatialTabletopEnv
 
-    from vst_vla.collect import episode_seed
+    from vst_vla.seeds import EVAL_SEED_BASE, episode_seed
     from vst_vla.policy import evaluate as ev
     from vst_vla.policy.metrics import wilson_interval
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     p.add_argument("--episode-length", type=int, default=200)
-    p.add_argument("--seed-base", type=int, default=ev.EVAL_SEED_BASE, help="0: the collection's (training) seeds")
+    p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE, help="0: the collection's (training) seeds")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="inference-time fields of the checkpoint's config, e.g. inference_noise_scale=0 n_action_steps=5")
     args = p.parse_args(argv)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"--set {item!r}: expected FIELD=VALUE")
         overrides[key] = yaml.safe_load(value)
     loaded = ev.load_policy(args.policy, overrides=overrides)
-    if args.seed_base == ev.EVAL_SEED_BASE:
+    if args.seed_base == EVAL_SEED_BASE:
         ev.check_disjoint_seeds(args.policy, {episode_seed(args.seed_base, args.family, k) for k in range(args.episodes)})
     h, w = loaded.image_hw
     env = SpatialTabletopEnv(task=args.family, cameras=tuple(loaded.cameras), observation_width=w,

@@ -30,14 +30,14 @@ def main(argv: list[str] | None = None) -> dict:
     from lerobot_env_vst_vla import SpatialTabletopEnv
     from lerobot_env_vst_vla.expert import ScriptedExpert
 
-    from vst_vla.collect import episode_seed
+    from vst_vla.seeds import EVAL_SEED_BASE, episode_seed
     from vst_vla.policy import evaluate as ev
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="a checkpoint's pretrained_model folder")
     p.add_argument("--family", default="pick_relation")
     p.add_argument("--episodes", type=int, default=8)
-    p.add_argument("--seed-base", type=int, default=ev.EVAL_SEED_BASE, help="0: the collection's (training) seeds")
+    p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE, help="0: the collection's (training) seeds")
     p.add_argument("--every", type=int, default=10)
     args = p.parse_args(argv)
 

@@ -287,7 +287,7 @@ def recipe(args) -> dict:
 
 
 def eval_settings(args) -> dict:
-    from vst_vla.policy.evaluate import EVAL_SEED_BASE
+    from vst_vla.seeds import EVAL_SEED_BASE
 
     return {"families": list(args.families), "episodes_per_family": args.episodes,
             "episode_length": args.eval_episode_length, "seed": EVAL_SEED_BASE, "image_size": args.image_size}
@@ -524,7 +524,7 @@ def plan(args, paths: dict[str, Path], out: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------- main
 def protocol(args, paths: dict[str, Path], demo_roots: dict[int, Path]) -> dict:
-    from vst_vla.collect import episode_seed
+    from vst_vla.seeds import episode_seed
 
     e = eval_settings(args)
     return {

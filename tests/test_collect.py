@@ -116,3 +116,24 @@ def test_descent_noise_fades_to_nothing_at_the_grasp():
     descent = shares[stages == 1]
     assert len(descent) > 5 and descent.max() <= 0.5 and descent.min() < 0.05
     assert np.all(np.diff(descent) <= 1e-9)  # falls as the jaws go down
+
+
+def test_scene_seed_ranges_of_every_use_are_disjoint():
+    """Demonstrations, decision scenes, grounding scenes and evaluation never draw the same layout: the
+    default ranges do not overlap, and a count that would spill into the next family is refused."""
+    from vst_vla.seeds import (COLLECT_SEED_BASE, EPISODE_STRIDE, EVAL_SEED_BASE, SCENE_STRIDE, episode_seed,
+                               scene_seed, seed_ranges)
+    from lerobot_env_vst_vla import FAMILIES
+
+    ranges = sorted(seed_ranges().items(), key=lambda kv: kv[1].start)
+    for (a, ra), (b, rb) in zip(ranges, ranges[1:]):
+        assert ra.stop <= rb.start, f"{a} seeds {ra} overlap {b} seeds {rb}"
+    seeds = {episode_seed(COLLECT_SEED_BASE, f, k) for f in FAMILIES for k in (0, EPISODE_STRIDE - 1)}
+    assert len(seeds) == 2 * len(FAMILIES)
+    assert min(episode_seed(EVAL_SEED_BASE, f, 0) for f in FAMILIES) == EVAL_SEED_BASE
+    with pytest.raises(ValueError, match="outside"):
+        episode_seed(COLLECT_SEED_BASE, "pick_extreme", EPISODE_STRIDE)
+    with pytest.raises(ValueError, match="outside"):
+        scene_seed(0, "stack", SCENE_STRIDE)
+    with pytest.raises(ValueError, match="unknown family"):
+        episode_seed(0, "pick_nothing", 0)

@@ -142,10 +142,11 @@ def test_expert_phase_without_a_flow_expert_fails_before_training(dataset, tmp_p
 def test_decision_scenes_are_policy_samples_with_the_experts_labels(dataset):
     """Extra scenes' frames have the dataset samples' keys and shapes, unseen seeds, and the clean expert's
     next actions as labels; mixed in, they replace the batch's tail and keep its size."""
-    from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
+    from lerobot_env_vst_vla import SpatialTabletopEnv
     from lerobot_env_vst_vla.expert import ScriptedExpert
 
-    from vst_vla.policy.decision_scenes import DECISION_SEED_BASE, SEEDS_PER_FAMILY, dataset_families, load_decision_scenes
+    from vst_vla.policy.decision_scenes import dataset_families, load_decision_scenes
+    from vst_vla.seeds import DECISION_SEED_BASE, scene_seed
     from vst_vla.policy.train import _collate, _with_decision_scenes
 
     cams = ["observation.images.front", "observation.images.wrist"]
@@ -160,8 +161,7 @@ def test_decision_scenes_are_policy_samples_with_the_experts_labels(dataset):
 
     env = SpatialTabletopEnv(task="pick_extreme", obs_type="agent_pos", observation_width=IMAGE, observation_height=IMAGE)
     try:
-        seed = DECISION_SEED_BASE + SEEDS_PER_FAMILY * sorted(FAMILIES).index("pick_extreme")
-        assert seed >= 600_000  # collect's seeds are below, eval-policy's from 1 000 000
+        seed = scene_seed(DECISION_SEED_BASE, "pick_extreme", 0)
         obs, _ = env.reset(seed=seed)
         first_action, instruction = ScriptedExpert(env).act(), env.task_description
     finally:
@@ -197,7 +197,7 @@ def test_eval_refuses_training_seeds(dataset, tmp_path):
     ckpt.mkdir()
     (ckpt / "train_config.json").write_text(json.dumps({"dataset_root": str(dataset)}))
     check_disjoint_seeds(ckpt, {1_000_000})
-    from vst_vla.collect import episode_seed
+    from vst_vla.seeds import episode_seed
 
     with pytest.raises(ValueError, match="training scenes"):
         check_disjoint_seeds(ckpt, {episode_seed(0, "pick_extreme", 0)})

@@ -32,6 +32,7 @@ from lerobot_env_vst_vla.robot import MOTOR_KEYS
 
 from .atomic import write_json_gz_atomic
 from .policy.stats import write_global_stats
+from .seeds import COLLECT_SEED_BASE, episode_seed
 
 log = logging.getLogger(__name__)
 SCENE_DIR = Path("meta") / "vst_scene"
@@ -63,7 +64,7 @@ class CollectConfig:
     repo_id: str = "local/vst_tabletop"
     tasks: list[str] = field(default_factory=lambda: list(FAMILIES))
     episodes_per_task: int = 2
-    seed: int = 0
+    seed: int = COLLECT_SEED_BASE
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     image_size: int = 224
     fps: int = 30
@@ -79,11 +80,6 @@ class CollectConfig:
     only_successful: bool = True
     resume: bool = False  # append to an existing dataset at root, skipping episodes already there
     overwrite: bool = False  # delete an existing dataset at root first
-
-
-def episode_seed(base: int, family: str, k: int) -> int:
-    """Seeds are fixed per (family, attempt): the same config always yields the same dataset."""
-    return base + 100_000 * sorted(FAMILIES).index(family) + k
 
 
 def dataset_features(cfg: CollectConfig) -> dict:

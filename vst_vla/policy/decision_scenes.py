@@ -6,8 +6,8 @@ and a from-scratch VLM learns no spatial rule from so few: on held-out frames it
 elbow and gripper track it at 0.8-0.9 (`benchmarks/policy_phase_error.py`). An approach costs little to
 simulate and two renders to observe, so `train-policy decision_scenes=N` adds N scenes per family: the
 frames at `decision_steps` (the chunks that turn the arm) with the clean expert's next actions as labels,
-drawn as `decision_fraction` of every batch. Seeds start at 700 000 (collect < 600 000, grounding
-900 000+, eval-policy >= 1 000 000), so no scene is ever an evaluation scene.
+drawn as `decision_fraction` of every batch. Seeds come from the decision range of
+`vst_vla/seeds.py`, disjoint from demonstrations and evaluation, so no scene is ever an evaluation scene.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from vst_vla.atomic import save_npz_atomic
+from vst_vla.seeds import DECISION_SEED_BASE, scene_seed
 
 log = logging.getLogger(__name__)
 
-DECISION_SEED_BASE = 700_000
-SEEDS_PER_FAMILY = 10_000
 
 
 def dataset_families(root: str | Path) -> list[str]:
@@ -56,11 +55,10 @@ def render_decision_scenes(family: str, n: int, size: tuple[int, int], cameras: 
     env = SpatialTabletopEnv(task=family, obs_type="agent_pos", cameras=tuple(cams), observation_height=size[0],
                              observation_width=size[1])
     rows: dict[str, list] = {"images": [], "state": [], "action": [], "task": []}
-    base = DECISION_SEED_BASE + SEEDS_PER_FAMILY * sorted(FAMILIES).index(family)
     horizon = max(steps) + chunk
     try:
         for s in range(n):
-            obs, _ = env.reset(seed=base + s)
+            obs, _ = env.reset(seed=scene_seed(DECISION_SEED_BASE, family, s))
             expert, seen, actions = ScriptedExpert(env), {}, []
             for t in range(horizon):
                 if t in steps:

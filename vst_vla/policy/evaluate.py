@@ -27,14 +27,13 @@ import torch
 from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
 from lerobot_env_vst_vla.robot import JOINT_NAMES, from_so101_units
 
-from ..collect import episode_seed
+from ..seeds import EVAL_SEED_BASE, episode_seed
 from .metrics import wilson_interval  # noqa: F401  (re-exported: callers import it from here)
 
 log = logging.getLogger(__name__)
 
 PREDICTED_ENTITY = "world/policy/predicted_chunk"
 EXECUTED_ENTITY = "world/policy/executed_path"
-EVAL_SEED_BASE = 1_000_000  # far above collect's seeds (base + 100_000·family + attempt)
 
 
 @dataclass

@@ -17,7 +17,7 @@ Held-out scenes are scored every `eval_every` steps (`metrics.jsonl`, `curves.pn
   target (1); a model that finds the look-alikes but not the rule sits at 0;
 - the same per criterion ("leftmost", "nearest to", ...), and the references: predicting the mean
   position, and predicting the centre of target and look-alikes.
-Scene seeds start at 900 000, disjoint from `collect`'s and `eval-policy`'s.
+Scene seeds come from `vst_vla/seeds.py` (grounding range), disjoint from every other use.
 """
 
 from __future__ import annotations
@@ -33,12 +33,11 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from vst_vla.atomic import save_atomic, save_npz_atomic, write_text_atomic
+from vst_vla.seeds import GROUNDING_SEED_BASE, scene_seed
 from vst_vla.tuning.common import Curves
 
 log = logging.getLogger(__name__)
 
-SCENE_SEED_BASE = 900_000  # collect: < 600 000; eval-policy: >= 1 000 000
-SEEDS_PER_FAMILY = 10_000
 MAX_LOOKALIKES = 3
 
 
@@ -76,9 +75,8 @@ def render_first_frames(family: str, n: int, size: int, cameras: list[str], cach
         raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
     env = SpatialTabletopEnv(task=family, observation_width=size, observation_height=size, cameras=tuple(cameras))
     rows: dict[str, list] = {c: [] for c in cameras} | {"task": [], "target": [], "lookalikes": [], "criterion": []}
-    base = SCENE_SEED_BASE + SEEDS_PER_FAMILY * sorted(FAMILIES).index(family)
     for s in range(n):
-        obs, _ = env.reset(seed=base + s)
+        obs, _ = env.reset(seed=scene_seed(GROUNDING_SEED_BASE, family, s))
         episode = env.episode
         others = [k["target"] for k in env.family.lookalikes(episode) if k["target"] != episode.target]
         xy = [env.object_position(k)[:2] for k in others][:MAX_LOOKALIKES]
