@@ -30,6 +30,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 import logging  # noqa: E402
 
+from vst_vla.atomic import write_text_atomic  # noqa: E402
+
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 POLICIES = ("vst_vla_flow", "vst_vla_tokens", "act")
@@ -160,9 +162,7 @@ def cached(path: Path, make, key: str | None = None, value=None) -> dict:
         return json.loads(path.read_text())
     result = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(result, indent=2))
     return result
 
 

@@ -27,6 +27,7 @@ import torch
 from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
 from lerobot_env_vst_vla.robot import JOINT_NAMES, from_so101_units
 
+from ..atomic import write_text_atomic
 from ..seeds import EVAL_SEED_BASE, episode_seed
 from .metrics import wilson_interval  # noqa: F401  (re-exported: callers import it from here)
 
@@ -403,9 +404,7 @@ def evaluate_policy(cfg: EvalPolicyConfig) -> dict:
                                                       "videos_per_family": 0, "rerun_per_family": 0}))
             report["baselines"][name] = {f: r["success"] for f, r in sub["per_family"].items()}
         report["learned"] = _print_comparison(report)
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "eval.json")
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=2))
     print(f"eval report: {out / 'eval.json'}")
     return report
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from vst_vla.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,7 @@ def load_stats_json(root: str | Path) -> dict:
 
 def write_stats_json(root: str | Path, stats: dict) -> None:
     """Atomic: a crash mid-write leaves the old file, never half a file."""
-    path = Path(root) / STATS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(Path(root) / STATS_FILE, json.dumps(stats, indent=2))
 
 
 def write_global_stats(root: str | Path) -> dict:
