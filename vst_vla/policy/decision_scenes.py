@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from vst_vla.atomic import save_npz_atomic
-from vst_vla.seeds import DECISION_SEED_BASE, scene_seed
+from vst_vla.seeds import DECISION_SEED_BASE, family_index, scene_seed
 
 log = logging.getLogger(__name__)
-
 
 
 def dataset_families(root: str | Path) -> list[str]:
@@ -46,11 +45,10 @@ def render_decision_scenes(family: str, n: int, size: tuple[int, int], cameras: 
         data = dict(np.load(cache))
         if len(data["task"]) == n * len(steps) and data["action"].shape[1] == chunk:
             return data
-    from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
+    from lerobot_env_vst_vla import SpatialTabletopEnv
     from lerobot_env_vst_vla.expert import ScriptedExpert
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
+    family_index(family)  # an unknown family fails here, before an env is built
     cams = [c.removeprefix("observation.images.") for c in cameras]
     env = SpatialTabletopEnv(task=family, obs_type="agent_pos", cameras=tuple(cams), observation_height=size[0],
                              observation_width=size[1])

@@ -33,7 +33,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from vst_vla.atomic import save_atomic, save_npz_atomic, write_text_atomic
-from vst_vla.seeds import GROUNDING_SEED_BASE, scene_seed
+from vst_vla.seeds import GROUNDING_SEED_BASE, family_index, scene_seed
 from vst_vla.tuning.common import Curves
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,9 @@ def render_first_frames(family: str, n: int, size: int, cameras: list[str], cach
         data = dict(np.load(cache))
         if len(data["task"]) >= n and all(c in data for c in cameras):
             return {k: v[:n] for k, v in data.items()}
-    from lerobot_env_vst_vla import FAMILIES, SpatialTabletopEnv
+    from lerobot_env_vst_vla import SpatialTabletopEnv
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
+    family_index(family)  # an unknown family fails here, before an env is built
     env = SpatialTabletopEnv(task=family, observation_width=size, observation_height=size, cameras=tuple(cameras))
     rows: dict[str, list] = {c: [] for c in cameras} | {"task": [], "target": [], "lookalikes": [], "criterion": []}
     for s in range(n):
