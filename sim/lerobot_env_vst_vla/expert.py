@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .env import GRIPPER_CLOSED, GRIPPER_OPEN, MAX_EE_STEP, MAX_YAW_STEP, SpatialTabletopEnv
-from .robot import DlsIK, to_so101_units
+from .robot import DlsIK, from_so101_units, to_so101_units
 
 SPEED = 0.006  # metres per control step for the commanded grasp point (0.18 m/s at 30 fps)
 SLOW = 0.003  # near the table
@@ -102,6 +102,50 @@ class ScriptedExpert:
         cands = obj_yaw + np.arange(4) * np.pi / 2
         offset = (cands - radial + np.pi) % (2 * np.pi) - np.pi  # wrapped to [-pi, pi)
         return float(radial + offset[np.argmin(np.abs(offset))])
+
+    def take_over(self, commanded: np.ndarray | None = None) -> None:
+        """Continue from the env's current state, as if the expert had driven to it: the labeller of DAgger.
+
+        `commanded` is the last joint action sent (so101 units), which is where position control is heading;
+        the expert's own command leads the arm the same way. The stage is read from the state: holding the
+        target -> finish closing, then lift (or carry, at carry height); jaws over it and below carry height -> descend, or close
+        at grasp height; a placed, released object -> retreat; anything else -> back above the target. A
+        label is computed without stepping the sim, so the grasp-slip retry is off (it would read a contact
+        state that does not advance)."""
+        env = self.env
+        q = env.joint_positions() if commanded is None else from_so101_units(np.asarray(commanded))
+        self.q_arm, self.gripper = np.asarray(q[:5], dtype=float).copy(), float(q[5])
+        self.cmd = env.grasp_position() if commanded is None else env.ik.forward(self.q_arm)
+        self._plan()
+        self.retries = self.MAX_RETRIES
+        pos = env.object_position(self.target)
+        grasp_z = self.plan[1].xyz[2]
+        near = float(np.linalg.norm(self.cmd[:2] - pos[:2])) < 0.01
+        over_place = self.place_xy is not None and np.linalg.norm(self.cmd[:2] - np.asarray(self.place_xy)) < 0.01
+        if env.is_held(self.target) and self.gripper > GRIPPER_CLOSED + 1e-3:
+            self.stage = 2  # the jaws touch it but are still closing: finish closing before the lift
+        elif env.is_held(self.target) and over_place:
+            self.stage = 5  # lower it onto the place
+        elif env.is_held(self.target):
+            self.stage = 4 if self.place_xy is not None and self.cmd[2] >= CARRY_Z - 0.005 else 3
+            if self.stage == 3:  # lift straight up from here: re-aiming at the held object's centre makes it creep
+                self.plan[3].xyz = np.array([*self.cmd[:2], self.plan[3].xyz[2]])
+                if self.place_xy is None and commanded is not None and self.cmd[2] >= self.plan[3].xyz[2] - 0.003:
+                    self.stage = len(self.plan)  # lifted: the task's end state, hold the command still
+                    self._hold = np.asarray(commanded, dtype=np.float32).copy()
+        elif self.place_xy is not None and (over_place or np.linalg.norm(pos[:2] - np.asarray(self.place_xy)) < 0.03):
+            # placed: finish opening the jaws, then retreat
+            self.stage = len(self.plan) - 2 if self.gripper < GRIPPER_OPEN - 1e-3 else len(self.plan) - 1
+        elif near and self.cmd[2] < CARRY_Z - 0.005:
+            self.stage = 2 if self.cmd[2] - grasp_z < 0.004 else 1
+        else:
+            self.stage = 0
+
+    def chunk(self, n: int) -> np.ndarray:
+        """The next `n` actions from here, without stepping the sim (see `take_over`)."""
+        if getattr(self, "_hold", None) is not None:  # re-solving the IK each chunk would let the held object creep
+            return np.repeat(self._hold[None], n, axis=0)
+        return np.stack([self.act() for _ in range(n)])
 
     @property
     def done(self) -> bool:

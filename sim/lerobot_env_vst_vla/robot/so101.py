@@ -64,6 +64,12 @@ class DlsIK:
         z = np.array([0.0, 0.0, 1.0])  # site -z is the approach direction: pointing down
         return np.stack([x, np.cross(z, x), z], axis=1)
 
+    def forward(self, q: np.ndarray) -> np.ndarray:
+        """Grasp-site position (m) of arm angles `q` (5, radians), on the private MjData."""
+        self.data.qpos[self.qadr] = np.clip(np.asarray(q, dtype=np.float64)[:5], self.lo, self.hi)
+        mujoco.mj_kinematics(self.model, self.data)
+        return self.data.site_xpos[self.site].copy()
+
     def solve(self, q0: np.ndarray, target_pos: np.ndarray, target_rot: np.ndarray | None = None,
               iters: int = 80, tol: float = 5e-4) -> tuple[np.ndarray, float]:
         """Return (arm joint angles, final position error in m), starting from arm angles `q0`.
