@@ -147,7 +147,7 @@ def test_decision_scenes_are_policy_samples_with_the_experts_labels(dataset):
 
     from vst_vla.policy.decision_scenes import dataset_families, load_decision_scenes
     from vst_vla.seeds import DECISION_SEED_BASE, scene_seed
-    from vst_vla.policy.train import _collate, _with_decision_scenes
+    from vst_vla.policy.train import _collate, _with_extra_frames
 
     cams = ["observation.images.front", "observation.images.wrist"]
     assert dataset_families(dataset) == ["pick_extreme"]
@@ -170,11 +170,18 @@ def test_decision_scenes_are_policy_samples_with_the_experts_labels(dataset):
     np.testing.assert_allclose(sample["action"][0].numpy(), first_action, atol=1e-4)
     assert sample["task"] == instruction
 
-    cfg = TrainPolicyConfig(batch_size=8, decision_fraction=0.25)
     batch = _collate([real] * 8)
-    mixed = _with_decision_scenes(batch, scenes, cfg, torch.Generator().manual_seed(0))
+    mixed = _with_extra_frames(batch, [(scenes, 0.25)], 8, torch.Generator().manual_seed(0))
     assert mixed["action"].shape == batch["action"].shape and len(mixed["task"]) == 8
     assert torch.equal(mixed["action"][:6], batch["action"][:6]) and not torch.equal(mixed["action"][6:], batch["action"][6:])
+    # two sources (decision scenes, DAgger frames) each fill their own share of the tail, in order
+    marked = load_decision_scenes(dataset, None, 3, (IMAGE, IMAGE), cams, 4, [0, 10])
+    marked.data = {**marked.data, "state": np.full_like(marked.data["state"], -7.0)}
+    mixed = _with_extra_frames(batch, [(scenes, 0.25), (marked, 0.25)], 8, torch.Generator().manual_seed(0))
+    assert len(mixed["task"]) == 8 and torch.equal(mixed["action"][:4], batch["action"][:4])
+    assert (mixed["observation.state"][6:] == -7).all() and not (mixed["observation.state"][:6] == -7).any()
+    with pytest.raises(ValueError, match="whole batch"):
+        _with_extra_frames(batch, [(scenes, 0.5), (marked, 0.5)], 8, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("baseline,expect", [("do_nothing", 0.0), ("random", 0.0), ("blind_expert", None)])

@@ -111,3 +111,25 @@ def load_decision_scenes(root: str | Path, families: list[str] | None, n: int, s
         log.info("decision scenes: %d of %s at steps %s (cached in %s)", n, family, steps, cache)
         parts.append(render_decision_scenes(family, n, size, camera_keys, chunk, steps, cache))
     return DecisionScenes({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, camera_keys)
+
+
+def load_labelled_frames(paths: list[str], camera_keys: list[str], size: tuple[int, int], chunk: int) -> DecisionScenes:
+    """Expert-labelled frames saved by `dagger.py` (npz files in the decision scenes' format), checked against
+    the policy they train: the same cameras, image size and chunk, or an error that names the file."""
+    keys = ("images", "state", "action", "task")
+    parts = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"dagger_data {path}: no such file (a `vst-vla dagger` round_<k>/frames_*.npz)")
+        data = dict(np.load(path))
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise ValueError(f"dagger_data {path}: missing arrays {missing} (has {sorted(data)})")
+        want = (len(camera_keys), 3, *size)
+        if data["images"].shape[1:] != want:
+            raise ValueError(f"dagger_data {path}: images {data['images'].shape[1:]} but the policy reads {want} "
+                             f"(cameras {camera_keys}); collect the frames with this policy's image size")
+        if data["action"].shape[1] != chunk:
+            raise ValueError(f"dagger_data {path}: action chunks of {data['action'].shape[1]} but the policy's chunk is {chunk}")
+        parts.append({k: data[k] for k in keys})
+    return DecisionScenes({k: np.concatenate([p[k] for p in parts]) for k in keys}, camera_keys)

@@ -94,13 +94,18 @@ def freeze_all_but_expert(policy) -> list[torch.nn.Parameter]:
 
 
 def expert_step(policy, cache: PrefixCache, optimizer, batch_size: int, generator: torch.Generator,
-                grad_clip: float, extra: int = 0, extra_share: float = 0.0) -> float:
-    """One update of the expert on a random batch of cached frames; returns the loss. The cache's last
-    `extra` frames (decision scenes) fill `extra_share` of the batch, as in the end-to-end phase."""
-    k = round(extra_share * batch_size) if extra else 0
-    n = len(cache) - extra
-    idx = torch.cat([torch.randint(0, n, (batch_size - k,), generator=generator),
-                     n + torch.randint(0, max(extra, 1), (k,), generator=generator)])
+                grad_clip: float, extras: list[tuple[int, float]] = ()) -> float:
+    """One update of the expert on a random batch of cached frames; returns the loss. `extras` are (size,
+    share) of the blocks at the cache's end (decision scenes, DAgger frames, in order): each fills its share
+    of the batch, as in the end-to-end phase; the episodes' frames before them fill the rest."""
+    n = len(cache) - sum(size for size, _ in extras)
+    parts, start = [], n
+    for size, share in extras:
+        k = max(1, round(share * batch_size))
+        parts.append(start + torch.randint(0, size, (k,), generator=generator))
+        start += size
+    k = sum(len(part) for part in parts)
+    idx = torch.cat([torch.randint(0, n, (batch_size - k,), generator=generator), *parts])
     features, actions, valid = cache.batch(idx)
     device = next(policy.expert.parameters()).device
     features = {name: v.to(device) for name, v in features.items()}

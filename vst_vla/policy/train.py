@@ -64,6 +64,13 @@ class TrainPolicyConfig:
     decision_steps: list[int] = field(default_factory=lambda: [0, 10])
     decision_fraction: float = 0.25
     decision_families: list[str] | None = None  # None: the dataset's families
+    # DAgger frames (`dagger.py`): npz files of the policy's own rollouts labelled by the expert, drawn as
+    # `dagger_fraction` of every batch (after the decision scenes' share).
+    dagger_data: list[str] = field(default_factory=list)
+    dagger_fraction: float = 0.25
+    # Start from a checkpoint's weights (its pretrained_model folder) with a fresh optimizer and schedule:
+    # fine-tuning, e.g. each DAgger round from the last. The policy overrides must build the same model.
+    init_from: str | None = None
     heldout_fraction: float = 0.1  # of the episodes, never trained on
     heldout_frames: int = 256  # frames of the held-out episodes scored at each evaluation
     seed: int = 0
@@ -227,6 +234,8 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
 
     policy_cfg = make_policy_config(cfg)
     policy = make_policy(policy_cfg, ds_meta=meta)
+    if cfg.init_from and not cfg.resume:
+        _load_initial_weights(policy, cfg.init_from, root)
     _check_expert_phase(cfg, policy)
     camera_keys = list(policy.config.image_features)
     chunk = len(policy.config.action_delta_indices or [0])
@@ -250,6 +259,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     train_set = ChunkDataset(table, frames, camera_keys, chunk, train_eps)
     held_set = ChunkDataset(table, frames, camera_keys, chunk, held_eps)
     decision = None
+    extras: list[tuple[torch.utils.data.Dataset, float]] = []  # expert-labelled frames beside the episodes
     if cfg.decision_scenes > 0:
         from .decision_scenes import load_decision_scenes
 
@@ -258,6 +268,17 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         decision = load_decision_scenes(root, cfg.decision_families, cfg.decision_scenes, size, camera_keys, chunk,
                                         list(cfg.decision_steps))
         log.info("decision scenes: %d frames, %.0f %% of every batch", len(decision), 100 * cfg.decision_fraction)
+        extras.append((decision, cfg.decision_fraction))
+    if cfg.dagger_data:
+        from .decision_scenes import load_labelled_frames
+
+        dagger = load_labelled_frames(cfg.dagger_data, camera_keys, size, chunk)
+        extras.append((dagger, cfg.dagger_fraction))
+        log.info("DAgger frames: %d from %d files, %.0f %% of every batch", len(dagger), len(cfg.dagger_data),
+                 100 * cfg.dagger_fraction)
+    if sum(f for _, f in extras) >= 1 or any(not 0 < f < 1 for _, f in extras):
+        raise ValueError(f"decision_fraction + dagger_fraction must each be in (0, 1) and leave room for the "
+                         f"episodes; got {[f for _, f in extras]}")
     mean_action = table.action[np.isin(table.episode_index, train_eps)].mean(0)
     log.info("%d train episodes (%d frames), %d held out (%d frames)", len(train_eps), len(train_set),
              len(held_eps), len(held_set))
@@ -325,8 +346,8 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     t_step = time.perf_counter()
     while step < total[0]:
         for batch in loader:  # training time counts loading + update; held-out evaluation and saving do not
-            if decision is not None:
-                batch = _with_decision_scenes(batch, decision, cfg, generator)
+            if extras:
+                batch = _with_extra_frames(batch, extras, cfg.batch_size, generator)
             batch = pre(batch)
             loss, info = policy.forward(batch)
             loss.backward()
@@ -359,7 +380,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     expert = {}
     if (cfg.expert_steps > 0 or cfg.expert_minutes) and not expert_done:
         end_to_end = step
-        seen_e, t_e, step = _expert_phase(cfg, policy, opt_cfg, grad_clip, train_set, decision, curves, step, pre)
+        seen_e, t_e, step = _expert_phase(cfg, policy, opt_cfg, grad_clip, train_set, extras, curves, step, pre)
         expert = {"end_to_end_steps": end_to_end, "expert_steps": step - end_to_end, "expert_seconds": round(t_e, 1),
                   "expert_samples_per_s": round(seen_e / max(t_e, 1e-9), 2)}
         evaluate(step)
@@ -377,15 +398,40 @@ def _steps_within(deadline: float, done: int, seconds: float, most: int) -> int:
     return min(most, done if seconds >= deadline else int(done * deadline / seconds))
 
 
-def _with_decision_scenes(batch: dict, decision, cfg: TrainPolicyConfig, generator: torch.Generator) -> dict:
-    """The loader's batch with decision-scene samples in place of its last `decision_fraction`."""
-    k = max(1, round(cfg.decision_fraction * cfg.batch_size))
-    idx = torch.randint(0, len(decision), (k,), generator=generator).tolist()
-    extra = _collate([decision[i] for i in idx])
-    keep = cfg.batch_size - k
+def _with_extra_frames(batch: dict, extras: list, batch_size: int, generator: torch.Generator) -> dict:
+    """The loader's batch with its tail replaced by samples of each extra source (decision scenes, DAgger
+    frames), each filling its fraction of the batch (at least one sample)."""
+    picked = []
+    for source, fraction in extras:
+        k = max(1, round(fraction * batch_size))
+        picked += [source[i] for i in torch.randint(0, len(source), (k,), generator=generator).tolist()]
+    extra = _collate(picked)
+    keep = batch_size - len(picked)
+    if keep < 1:
+        raise ValueError(f"extra frames fill the whole batch of {batch_size}; lower their fractions")
     merged = {key: torch.cat([batch[key][:keep], extra[key]]) for key in batch if key != "task"}
     merged["task"] = list(batch["task"][:keep]) + extra["task"]
     return merged
+
+
+def _load_initial_weights(policy, path: str, dataset_root: Path) -> None:
+    """Fine-tune from a checkpoint: its weights into the freshly built policy (every tensor, same shapes)."""
+    from safetensors.torch import load_model
+
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"init_from {path}: no model.safetensors (a checkpoint's pretrained_model folder)")
+    try:
+        load_model(policy, str(weights))  # strict; tied tensors (saved once) are handled as the resume path does
+    except RuntimeError as err:
+        raise ValueError(f"init_from {path} does not fit the policy these overrides build: {err}") from err
+    trained_on = Path(path) / "train_config.json"
+    if trained_on.is_file():
+        other = json.loads(trained_on.read_text()).get("dataset_root")
+        if other and Path(other).resolve() != dataset_root.resolve():
+            log.warning("init_from %s was trained on %s, this run normalises with %s's statistics", path, other,
+                        dataset_root)
+    log.info("initial weights from %s", path)
 
 
 def _check_expert_phase(cfg: TrainPolicyConfig, policy) -> None:
@@ -400,19 +446,18 @@ def _check_expert_phase(cfg: TrainPolicyConfig, policy) -> None:
                          f"({policy.config.state_dropout}) cannot apply; set it to 0")
 
 
-def _expert_phase(cfg: TrainPolicyConfig, policy, opt_cfg, grad_clip: float, train_set, decision, curves, step: int,
+def _expert_phase(cfg: TrainPolicyConfig, policy, opt_cfg, grad_clip: float, train_set, extras, curves, step: int,
                   pre):
-    """The frozen-VLM phase: cache the prefix features of every training frame (and decision scene), train the
+    """The frozen-VLM phase: cache the prefix features of every training frame (and extra frame), train the
     expert alone on the same mixture as before. Decision scenes must stay in it: on the demonstrations alone the
     expert re-fits their hundred decisions and loses what the scenes taught (pan correlation 0.78 -> 0.0).
     Returns (samples seen, training seconds, the step count after it); steps continue the run's numbering."""
     from .prefix_cache import build_prefix_cache, expert_step, freeze_all_but_expert
 
     t0 = time.perf_counter()
-    frames, tasks, extra = train_set, list(train_set.table.tasks), 0
-    if decision is not None:
-        frames = torch.utils.data.ConcatDataset([train_set, decision])
-        tasks, extra = tasks + [str(t) for t in decision.data["task"]], len(decision)
+    frames = torch.utils.data.ConcatDataset([train_set, *(source for source, _ in extras)])
+    tasks = list(train_set.table.tasks) + [str(t) for source, _ in extras for t in source.data["task"]]
+    shares = [(len(source), fraction) for source, fraction in extras]  # in the cache's order, after the episodes
     cache = build_prefix_cache(policy, pre, frames, _collate, tasks, max_gb=cfg.expert_cache_max_gb)
     log.info("frozen-VLM phase: prefix cache of %d frames in %.0f s", len(cache), time.perf_counter() - t0)
     params = freeze_all_but_expert(policy)
@@ -428,8 +473,7 @@ def _expert_phase(cfg: TrainPolicyConfig, policy, opt_cfg, grad_clip: float, tra
     done, t_train, losses, start = 0, 0.0, [], step
     while done < total[0]:
         t = time.perf_counter()
-        losses.append(expert_step(policy, cache, optimizer, cfg.expert_batch_size, generator, grad_clip, extra,
-                                  cfg.decision_fraction))
+        losses.append(expert_step(policy, cache, optimizer, cfg.expert_batch_size, generator, grad_clip, shares))
         scheduler.step()
         done += 1
         t_train += time.perf_counter() - t
