@@ -36,6 +36,8 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
                      "train a LeRobot policy (vst_vla tokens/flow head, act, ...) with lerobot-train's loop"),
     "eval-policy": ("policy/eval", "vst_vla.policy.evaluate:evaluate_policy", "vst_vla.policy.evaluate:EvalPolicyConfig",
                     "roll a policy checkpoint out in the sim: success per family (Wilson CI), videos, .rrd"),
+    "dagger": ("policy/dagger", "vst_vla.policy.dagger:run_dagger", "vst_vla.policy.dagger:DaggerConfig",
+               "DAgger: roll the policy out, label its states with the scripted expert, fine-tune; rounds"),
     "serve": ("deploy/serve", "vst_vla.deploy.server:serve", "vst_vla.deploy.server:ServeConfig",
               "serve one policy checkpoint over an authenticated WebSocket (msgpack, no pickle)"),
     "remote-policy": ("deploy/remote_policy", "vst_vla.deploy.remote:write_remote_policy",

@@ -12,6 +12,7 @@ from lerobot_env_vst_vla import FAMILIES
 EPISODE_STRIDE = 100_000  # attempts per family, collect and eval-policy
 COLLECT_SEED_BASE = 0  # demonstrations: [0, 100 000 · families)
 DECISION_SEED_BASE = 700_000  # decision scenes (vst_vla/policy/decision_scenes.py)
+DAGGER_SEED_BASE = 800_000  # the policy's own rollouts, labelled by the expert (vst_vla/policy/dagger.py)
 GROUNDING_SEED_BASE = 900_000  # grounding scenes (vst_vla/tuning/grounding.py)
 SCENE_STRIDE = 10_000  # scenes per family, decision and grounding
 EVAL_SEED_BASE = 1_000_000  # held-out evaluation episodes
@@ -31,7 +32,7 @@ def episode_seed(base: int, family: str, k: int) -> int:
 
 
 def scene_seed(base: int, family: str, k: int) -> int:
-    """Seed of extra scene `k` of `family` (decision scenes, grounding scenes)."""
+    """Seed of extra scene `k` of `family` (decision scenes, DAgger rollouts, grounding scenes)."""
     if not 0 <= k < SCENE_STRIDE:
         raise ValueError(f"scene {k} of {family!r} is outside [0, {SCENE_STRIDE}): ask for fewer scenes per family")
     return base + SCENE_STRIDE * family_index(family) + k
@@ -43,6 +44,7 @@ def seed_ranges() -> dict[str, range]:
     return {
         "collect": range(COLLECT_SEED_BASE, COLLECT_SEED_BASE + EPISODE_STRIDE * n),
         "decision": range(DECISION_SEED_BASE, DECISION_SEED_BASE + SCENE_STRIDE * n),
+        "dagger": range(DAGGER_SEED_BASE, DAGGER_SEED_BASE + SCENE_STRIDE * n),
         "grounding": range(GROUNDING_SEED_BASE, GROUNDING_SEED_BASE + SCENE_STRIDE * n),
         "eval": range(EVAL_SEED_BASE, EVAL_SEED_BASE + EPISODE_STRIDE * n),
     }
