@@ -58,6 +58,7 @@ class ScriptedExpert:
         self.q_arm = env.joint_positions()[:5]
         self.gripper = GRIPPER_OPEN
         self.retries = 0
+        self._hold = None  # set by `take_over` at a pick's end state: the command to hold
         self._plan()
 
     def _plan(self) -> None:
@@ -117,16 +118,17 @@ class ScriptedExpert:
         self.q_arm, self.gripper = np.asarray(q[:5], dtype=float).copy(), float(q[5])
         self.cmd = env.grasp_position() if commanded is None else env.ik.forward(self.q_arm)
         self._plan()
-        self.retries = self.MAX_RETRIES
+        self.retries, self._hold = self.MAX_RETRIES, None
+        held = env.is_held(self.target)
         pos = env.object_position(self.target)
         grasp_z = self.plan[1].xyz[2]
         near = float(np.linalg.norm(self.cmd[:2] - pos[:2])) < 0.01
         over_place = self.place_xy is not None and np.linalg.norm(self.cmd[:2] - np.asarray(self.place_xy)) < 0.01
-        if env.is_held(self.target) and self.gripper > GRIPPER_CLOSED + 1e-3:
+        if held and self.gripper > GRIPPER_CLOSED + 1e-3:
             self.stage = 2  # the jaws touch it but are still closing: finish closing before the lift
-        elif env.is_held(self.target) and over_place:
+        elif held and over_place:
             self.stage = 5  # lower it onto the place
-        elif env.is_held(self.target):
+        elif held:
             self.stage = 4 if self.place_xy is not None and self.cmd[2] >= CARRY_Z - 0.005 else 3
             if self.stage == 3:  # lift straight up from here: re-aiming at the held object's centre makes it creep
                 self.plan[3].xyz = np.array([*self.cmd[:2], self.plan[3].xyz[2]])
@@ -143,7 +145,7 @@ class ScriptedExpert:
 
     def chunk(self, n: int) -> np.ndarray:
         """The next `n` actions from here, without stepping the sim (see `take_over`)."""
-        if getattr(self, "_hold", None) is not None:  # re-solving the IK each chunk would let the held object creep
+        if self._hold is not None:  # re-solving the IK each chunk would let the held object creep
             return np.repeat(self._hold[None], n, axis=0)
         return np.stack([self.act() for _ in range(n)])
 

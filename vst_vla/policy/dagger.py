@@ -49,62 +49,85 @@ class DaggerConfig:
     train: TrainPolicyConfig = field(default_factory=TrainPolicyConfig)
 
 
+class LabellingAgent:
+    """The policy (or, for a chunk at a time with chance `expert_mix`, the expert) drives; every `label_every`
+    steps the frame, the state and the expert's next `chunk` actions from there are recorded. Behind
+    `run_episode`'s agent interface, so a rollout is the evaluation's own loop."""
+
+    needs_pixels = True
+
+    def __init__(self, policy_agent, cameras: list[str], chunk: int, n_action_steps: int, label_every: int,
+                 expert_mix: float, rng: np.random.Generator):
+        self.policy, self.cameras, self.n_chunk, self.n_exec = policy_agent, list(cameras), chunk, n_action_steps
+        self.label_every, self.expert_mix, self.rng = label_every, expert_mix, rng
+        self.rows: dict[str, list] = {"images": [], "state": [], "action": [], "task": [], "episode": [], "step": []}
+        self.chunk, self.scene = None, 0
+
+    def reset(self, env, seed: int) -> None:
+        self.policy.reset(env, seed)
+        self.t, self.last, self.expert_queue, self.chunk = 0, None, [], None
+
+    def _label(self, env) -> np.ndarray:
+        from lerobot_env_vst_vla.expert import ScriptedExpert
+
+        teacher = ScriptedExpert(env)
+        teacher.take_over(self.last)
+        return teacher.chunk(self.n_chunk).astype(np.float32)
+
+    def act(self, obs: dict, env) -> np.ndarray:
+        choose = self.expert_mix > 0 and not self.policy.queue and not self.expert_queue  # a chunk boundary
+        label = self._label(env) if self.t % self.label_every == 0 or choose else None
+        if self.t % self.label_every == 0:
+            r = self.rows
+            r["images"].append(np.stack([obs["pixels"][c].transpose(2, 0, 1) for c in self.cameras]))
+            r["state"].append(np.asarray(obs["agent_pos"], dtype=np.float32))
+            r["action"].append(label)
+            r["task"].append(env.task_description)
+            r["episode"].append(self.scene)
+            r["step"].append(self.t)
+        if choose and self.rng.random() < self.expert_mix:
+            self.expert_queue = list(label[: self.n_exec])
+        if self.expert_queue:
+            action, self.chunk = self.expert_queue.pop(0), None
+        else:
+            action = self.policy.act(obs, env)
+            self.chunk = self.policy.chunk
+        self.last, self.t = np.asarray(action, dtype=np.float64), self.t + 1
+        return action
+
+
 def collect_frames(policy_path: str | Path, family: str, episodes: int, first_scene: int, label_every: int,
                    episode_length: int, expert_mix: float = 0.0, seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
     """Roll the policy out on `episodes` DAgger scenes of `family`; every `label_every` steps keep the frame
     (the policy's cameras at its size), the state, and the expert's next `chunk` actions from there.
     Returns the samples (images (M, cams, 3, H, W) uint8, state, action (M, chunk, 6), task, plus episode
-    and step) and a summary of the rollouts (success, steps)."""
+    (the scene's index) and step) and a summary of the rollouts (success, steps, closest approach)."""
     from lerobot_env_vst_vla import SpatialTabletopEnv
-    from lerobot_env_vst_vla.expert import ScriptedExpert
 
-    from .evaluate import PolicyAgent, load_policy
+    from .evaluate import PolicyAgent, load_policy, run_episode
 
     loaded = load_policy(policy_path)
     chunk = len(loaded.policy.config.action_delta_indices or [0])
     h, w = loaded.image_hw
     env = SpatialTabletopEnv(task=family, cameras=tuple(loaded.cameras), observation_height=h, observation_width=w,
                              episode_length=episode_length)
-    agent = PolicyAgent(loaded, family, episode_length)
-    rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {"images": [], "state": [], "action": [], "task": [], "episode": [], "step": []}
-    successes, lengths = [], []
+    agent = LabellingAgent(PolicyAgent(loaded, family, episode_length), loaded.cameras, chunk,
+                           int(getattr(loaded.policy.config, "n_action_steps", None) or chunk), label_every,
+                           expert_mix, np.random.default_rng(seed))
+    results = []
     try:
         for e in range(episodes):
-            obs, _ = env.reset(seed=scene_seed(DAGGER_SEED_BASE, family, first_scene + e))
-            agent.reset(env, 0)
-            last, expert_queue, success, t = None, [], False, 0
-            for t in range(episode_length):
-                if t % label_every == 0 or (expert_mix and not agent.queue and not expert_queue):
-                    teacher = ScriptedExpert(env)
-                    teacher.take_over(last)
-                    label = teacher.chunk(chunk).astype(np.float32)
-                    if t % label_every == 0:
-                        rows["images"].append(np.stack([obs["pixels"][c].transpose(2, 0, 1) for c in loaded.cameras]))
-                        rows["state"].append(np.asarray(obs["agent_pos"], dtype=np.float32))
-                        rows["action"].append(label)
-                        rows["task"].append(env.task_description)
-                        rows["episode"].append(first_scene + e)
-                        rows["step"].append(t)
-                    if expert_mix and not agent.queue and not expert_queue and rng.random() < expert_mix:
-                        n = int(getattr(loaded.policy.config, "n_action_steps", None) or chunk)
-                        expert_queue = list(label[:n])
-                action = expert_queue.pop(0) if expert_queue else agent.act(obs, env)
-                last = np.asarray(action, dtype=np.float64)
-                obs, _, terminated, truncated, info = env.step(action)
-                success = bool(info["is_success"])
-                if terminated or truncated:
-                    break
-            successes.append(success)
-            lengths.append(t + 1)
+            agent.scene = first_scene + e  # recorded with each frame: the scene's index in the DAgger range
+            results.append(run_episode(agent, env, scene_seed(DAGGER_SEED_BASE, family, agent.scene)))
             if (e + 1) % 20 == 0:
                 log.info("dagger %s: %d/%d rollouts, %d frames, success so far %d", family, e + 1, episodes,
-                         len(rows["task"]), sum(successes))
+                         len(agent.rows["task"]), sum(r["success"] for r in results))
     finally:
         env.close()
-    data = {k: np.array(v) if k == "task" else np.stack(v) for k, v in rows.items()}
-    return data, {"rollout_success": float(np.mean(successes)), "rollout_steps_mean": float(np.mean(lengths)),
-                  "frames": len(data["task"])}
+    data = {k: np.array(v) if k == "task" else np.stack(v) for k, v in agent.rows.items()}
+    return data, {"rollout_success": float(np.mean([r["success"] for r in results])),
+                  "rollout_steps_mean": float(np.mean([r["steps"] for r in results])),
+                  "rollout_closest_cm": float(np.mean([r["closest_cm"] for r in results])), "frames": len(data["task"])}
 
 
 def run_dagger(cfg: DaggerConfig) -> Path:

@@ -258,13 +258,15 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     train_eps, held_eps = split_episodes(table, cfg.heldout_fraction, cfg.seed)
     train_set = ChunkDataset(table, frames, camera_keys, chunk, train_eps)
     held_set = ChunkDataset(table, frames, camera_keys, chunk, held_eps)
-    decision = None
+    # before any scene is rendered: the shares of the batch the extra frames take must leave room for the episodes
+    shares = [cfg.decision_fraction] * (cfg.decision_scenes > 0) + [cfg.dagger_fraction] * bool(cfg.dagger_data)
+    if sum(shares) >= 1 or any(not 0 < f < 1 for f in shares):
+        raise ValueError(f"decision_fraction + dagger_fraction must each be in (0, 1) and leave room for the "
+                         f"episodes; got {shares}")
     extras: list[tuple[torch.utils.data.Dataset, float]] = []  # expert-labelled frames beside the episodes
     if cfg.decision_scenes > 0:
         from .decision_scenes import load_decision_scenes
 
-        if not 0 < cfg.decision_fraction < 1:
-            raise ValueError(f"decision_fraction must be in (0, 1), got {cfg.decision_fraction}")
         decision = load_decision_scenes(root, cfg.decision_families, cfg.decision_scenes, size, camera_keys, chunk,
                                         list(cfg.decision_steps))
         log.info("decision scenes: %d frames, %.0f %% of every batch", len(decision), 100 * cfg.decision_fraction)
@@ -276,9 +278,6 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         extras.append((dagger, cfg.dagger_fraction))
         log.info("DAgger frames: %d from %d files, %.0f %% of every batch", len(dagger), len(cfg.dagger_data),
                  100 * cfg.dagger_fraction)
-    if sum(f for _, f in extras) >= 1 or any(not 0 < f < 1 for _, f in extras):
-        raise ValueError(f"decision_fraction + dagger_fraction must each be in (0, 1) and leave room for the "
-                         f"episodes; got {[f for _, f in extras]}")
     mean_action = table.action[np.isin(table.episode_index, train_eps)].mean(0)
     log.info("%d train episodes (%d frames), %d held out (%d frames)", len(train_eps), len(train_set),
              len(held_eps), len(held_set))
