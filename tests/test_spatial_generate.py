@@ -407,3 +407,46 @@ def test_scenes_from_collected_episodes(tmp_path):
         derive(sample.to_row())
         if sample.skill == "spatiotemporal":
             assert len(sample.pixels) == 7 and sample.pixels[0].array.shape == (48, 48, 3)
+
+
+def test_label_colours_mark_each_point_and_box_in_its_own_colour(tmp_path, sim):
+    """`mark_colors`: the pixel under each marked point (and each numbered box's edge) in the saved
+    image has its label's colour, the same scene drawn VST's way has the single marker colour at both,
+    and `mark_scale` enlarges the marker; the questions do not change."""
+    import cv2
+
+    from vst_vla.spatial.draw import LABEL_COLORS, LABEL_ORDER, MARKER, MarkStyle
+
+    skills = ["depth_comparison_points", "depth_comparison_boxes"]
+    rows = {}
+    for name, scale, colours in (("vst", 1.0, False), ("coloured", 2.0, True)):
+        out = generate_dataset(SpatialDataConfig(output=str(tmp_path / name), skills=skills, samples_per_skill=4,
+                                                 test_samples_per_skill=1, image_width=W, image_height=H,
+                                                 mark_scale=scale, mark_colors=colours), source=sim)
+        rows[name] = list(datasets.load_from_disk(str(out))["train"])
+    assert [r["question"] for r in rows["vst"]] == [r["question"] for r in rows["coloured"]]
+    checked = Counter()
+    for vst, coloured in zip(rows["vst"], rows["coloured"], strict=True):
+        facts = json.loads(coloured["metadata"])["facts"]
+        images = {n: cv2.cvtColor(cv2.imread(str(tmp_path / n / r["images"][0])), cv2.COLOR_BGR2RGB)
+                  for n, r in (("vst", vst), ("coloured", coloured))}
+        if coloured["skill"] == "depth_comparison_points":
+            for p in facts["points"]:
+                u, v = p["pixel"]
+                want = LABEL_COLORS[LABEL_ORDER[p["label"]]]
+                assert np.abs(images["coloured"][v, u].astype(int) - want).max() <= 12, (coloured["id"], p)
+                assert np.abs(images["vst"][v, u].astype(int) - MARKER).max() <= 12, (vst["id"], p)
+                # 2x the marker (radius 4 vs 2 px here): 3 px right of the mark is still marker in the
+                # large style, 4 px right is past VST's marker and its outline
+                assert np.abs(images["coloured"][v, u + 3].astype(int) - want).max() <= 12
+                assert np.abs(images["vst"][v, u + 4].astype(int) - MARKER).max() > 12
+        else:
+            for b in facts["boxes"]:
+                x0, y0, x1, y1 = (int(c) for c in b["box2d"])
+                want = LABEL_COLORS[LABEL_ORDER[str(b["number"])]]
+                edge = images["coloured"][(y0 + y1) // 2, x0 - 2 : x0 + 3].astype(int)  # across the left side
+                assert (np.abs(edge - want).max(axis=1) <= 12).any(), (coloured["id"], b, edge)
+        checked[coloured["skill"]] += 1
+    assert set(checked) == set(skills)
+    with pytest.raises(ValueError, match="scale"):
+        MarkStyle(scale=0)

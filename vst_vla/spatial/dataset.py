@@ -24,6 +24,7 @@ import cv2
 import datasets
 from tqdm import tqdm
 
+from vst_vla.spatial.draw import MarkStyle
 from vst_vla.spatial.generate import SceneSource, generate_samples
 from vst_vla.spatial.perception import SKILLS, GeneratedSample, SceneContext
 from vst_vla.spatial.schema import FEATURES
@@ -46,6 +47,8 @@ class SpatialDataConfig:
     episodes_root: str | None = None  # take scenes from a `vst-vla collect` dataset instead of the sim
     episodes_repo_id: str = "local/vst_tabletop"
     png_compression: int = 1  # 0-9: 1 is ~2x faster to write than the default (3) and barely larger
+    mark_scale: float = 1.0  # visual prompts (marked points, numbered boxes): size relative to VST's look
+    mark_colors: bool = False  # each label its own marker colour too (vst_vla/spatial/draw.py: for tiny ViTs)
     overwrite: bool = False
 
 
@@ -102,7 +105,8 @@ def generate_split(cfg: SpatialDataConfig, source: SceneSource, root: Path, spli
     rows = []
     with tqdm(total=per_skill * len(cfg.skills), desc=f"spatial-data {split}", unit="sample") as bar:
         for sample, ctx in generate_samples(source, cfg.skills, per_skill, seed, split, cfg.max_per_scene,
-                                            cot_fraction=cot, rl_fraction=rl):
+                                            cot_fraction=cot, rl_fraction=rl,
+                                            marks=MarkStyle(cfg.mark_scale, cfg.mark_colors)):
             rows.append(writer.write(sample, ctx))
             bar.update()
     return datasets.Dataset.from_list(rows, features=FEATURES)

@@ -3,9 +3,17 @@
 Sizes scale with the image so prompts stay legible from 160x120 to 1280x960. Colours avoid the
 sim's object colours (red, green, blue, yellow, purple, orange, white): markers are cyan and
 magenta with black outlines, labels are black on a white tag.
+
+`MarkStyle` is the knob for small models: VST's look (one marker colour, the label only in the tag)
+asks a model to read a few-pixel glyph to tell point A from point B, which a tiny ViT trained from
+scratch does not learn (issue 13: SFT stayed at the text-only score). `label_colors` gives each label
+its own marker / box colour as well (A and 1 cyan, B and 2 magenta, C and 3 black, D and 4 brown), and
+`scale` enlarges markers, tags and lines; the letter tags stay, so the question text is unchanged.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -14,10 +22,31 @@ MARKER = (0, 230, 255)  # RGB cyan
 BOX = (255, 0, 200)  # RGB magenta
 OUTLINE = (0, 0, 0)
 TAG = (255, 255, 255)
+# per-label colours (label_colors): off the sim's object colours, told apart at a few pixels
+LABEL_COLORS = [(0, 230, 255), (255, 0, 200), (0, 0, 0), (120, 70, 20)]
+LABEL_ORDER = {label: i for i, label in enumerate("ABCD")} | {str(i + 1): i for i in range(4)}
 
 
-def _scale(image: np.ndarray) -> float:
-    return max(image.shape[0], image.shape[1]) / 320.0
+@dataclass(frozen=True)
+class MarkStyle:
+    scale: float = 1.0  # markers, tags and lines, relative to VST's look at this image size
+    label_colors: bool = False  # each label (A-D, 1-4) its own marker / box colour
+
+    def __post_init__(self):
+        if not self.scale > 0:
+            raise ValueError(f"MarkStyle.scale must be > 0, got {self.scale}")
+
+    def color(self, label: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+        if self.label_colors and label in LABEL_ORDER:
+            return LABEL_COLORS[LABEL_ORDER[label]]
+        return default
+
+
+VST_STYLE = MarkStyle()
+
+
+def _scale(image: np.ndarray, style: MarkStyle = VST_STYLE) -> float:
+    return style.scale * max(image.shape[0], image.shape[1]) / 320.0
 
 
 def _tag(image: np.ndarray, text: str, anchor: tuple[int, int], scale: float) -> None:
@@ -31,29 +60,31 @@ def _tag(image: np.ndarray, text: str, anchor: tuple[int, int], scale: float) ->
     cv2.putText(image, text, (x + pad, y - pad), font, fs, OUTLINE, th, cv2.LINE_AA)
 
 
-def draw_points(image: np.ndarray, points, labels: list[str]) -> np.ndarray:
+def draw_points(image: np.ndarray, points, labels: list[str], style: MarkStyle = VST_STYLE) -> np.ndarray:
     """A copy of `image` with a filled circle and a label tag at each (x, y) pixel."""
     out = np.ascontiguousarray(image.copy())
-    s = _scale(out)
+    s = _scale(out, style)
     r = max(2, round(3.5 * s))
     for (x, y), label in zip(points, labels, strict=True):
         c = (int(round(x)), int(round(y)))
-        cv2.circle(out, c, r + max(1, round(s)), OUTLINE, -1, cv2.LINE_AA)
-        cv2.circle(out, c, r, MARKER, -1, cv2.LINE_AA)
+        fill = style.color(label, MARKER)
+        cv2.circle(out, c, r + max(1, round(s)), TAG if fill == OUTLINE else OUTLINE, -1, cv2.LINE_AA)
+        cv2.circle(out, c, r, fill, -1, cv2.LINE_AA)
         if label:
             _tag(out, label, (c[0] + r + 1, c[1] - r - 1), s)
     return out
 
 
-def draw_boxes(image: np.ndarray, boxes, labels: list[str]) -> np.ndarray:
+def draw_boxes(image: np.ndarray, boxes, labels: list[str], style: MarkStyle = VST_STYLE) -> np.ndarray:
     """A copy of `image` with each (x0, y0, x1, y1) box outlined and tagged with its label."""
     out = np.ascontiguousarray(image.copy())
-    s = _scale(out)
+    s = _scale(out, style)
     th = max(1, round(1.5 * s))
     for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
         p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
-        cv2.rectangle(out, p0, p1, OUTLINE, th + 2)
-        cv2.rectangle(out, p0, p1, BOX, th)
+        line = style.color(label, BOX)
+        cv2.rectangle(out, p0, p1, TAG if line == OUTLINE else OUTLINE, th + 2)
+        cv2.rectangle(out, p0, p1, line, th)
         if label:
             _tag(out, label, (p0[0], p0[1] - th), s)
     return out

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from vst_vla.spatial.draw import VST_STYLE, MarkStyle
 from vst_vla.spatial.perception import PER_SCENE_LIMIT, SKILLS, Balancer, GeneratedSample, SceneContext
 from vst_vla.spatial.reasoning import COT_TYPES, with_cot
 
@@ -41,11 +42,13 @@ def scene_seed(seed: int, split: str, i: int) -> int:
 
 def generate_samples(source: SceneSource, skills: list[str], per_skill: int, seed: int = 0, split: str = "train",
                      max_per_scene: int = 3, tries: int = 3, cot_fraction: float = 0.0,
-                     rl_fraction: float = 0.0) -> Iterator[tuple[GeneratedSample, SceneContext]]:
+                     rl_fraction: float = 0.0, marks: MarkStyle = VST_STYLE
+                     ) -> Iterator[tuple[GeneratedSample, SceneContext]]:
     """Yield (sample, its scene) until every skill has `per_skill` samples.
 
     A `cot_fraction` of the rule-checkable samples get a chain-of-thought answer (VST-R cold start)
     and an `rl_fraction` are marked as the RL subset (think prompt, rule-checkable ground truth).
+    `marks` is how visual prompts (marked points, numbered boxes) are drawn.
     """
     unknown = [s for s in skills if s not in SKILLS]
     if unknown:
@@ -63,6 +66,7 @@ def generate_samples(source: SceneSource, skills: list[str], per_skill: int, see
     count, i = 0, 0
     while any(need.values()):
         ctx = source.context(scene_seed(seed, split, i), balance, split=split)
+        ctx.marks = marks
         rng = np.random.default_rng([seed, SPLIT_OFFSETS[split], 3, i])
         seen: set[tuple] = set()
         for skill in skills:

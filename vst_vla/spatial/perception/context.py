@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vst_vla.spatial.boxes import MUJOCO_FROM_OPENCV, Intrinsics, project_points, unify_image_fov, world_box_to_camera
+from vst_vla.spatial.draw import VST_STYLE, MarkStyle
 from vst_vla.spatial.schema import SpatialSample
 
 VISIBLE, PARTIAL, HIDDEN = "visible", "partial", "hidden"
@@ -282,8 +283,10 @@ class SceneContext:
     VIEWS = ("front", "wrist", "wrist2")
     CLIPS = ("tour", "pick_place")
 
-    def __init__(self, scene_id: str, provider: SceneProvider, balance: Balancer, meta: dict):
+    def __init__(self, scene_id: str, provider: SceneProvider, balance: Balancer, meta: dict,
+                 marks: MarkStyle = VST_STYLE):
         self.scene_id, self.provider, self.balance, self.meta = scene_id, provider, balance, meta
+        self.marks = marks  # how visual prompts are drawn (set by the generation loop from the config)
         self._views: dict[str, View] = {}
         self._clips: dict[str, Clip | None] = {}
 

@@ -56,8 +56,8 @@ def correspondence(ctx: SceneContext, rng: np.random.Generator):
     slot = ctx.balance.slot(skill, 4)
     letters = [LETTERS[slot]] + [c for c in LETTERS[:4] if c != LETTERS[slot]]
     pixels = [pb, *others]
-    image_a = draw_points(va.rgb, [(pa[0] + 0.5, pa[1] + 0.5)], ["P"])
-    image_b = draw_points(vb.rgb, [(u + 0.5, v + 0.5) for u, v in pixels], letters)
+    image_a = draw_points(va.rgb, [(pa[0] + 0.5, pa[1] + 0.5)], ["P"], style=ctx.marks)
+    image_b = draw_points(vb.rgb, [(u + 0.5, v + 0.5) for u, v in pixels], letters, style=ctx.marks)
     options = {c: f"point {c}" for c in LETTERS[:4]}
     question = (f"{TWO_VIEWS} Point P is marked in image 1. Which of the points A, B, C and D marked in image 2 "
                 "shows the same place in the scene as point P?")

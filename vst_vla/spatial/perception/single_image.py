@@ -65,7 +65,7 @@ def depth_comparison_points(ctx: SceneContext, rng: np.random.Generator):
     slot = ctx.balance.slot(skill, 2)
     labels = ["", ""]
     labels[correct], labels[1 - correct] = LETTERS[slot], LETTERS[1 - slot]
-    image = draw_points(view.rgb, [(u + 0.5, v + 0.5) for u, v in pixels], labels)
+    image = draw_points(view.rgb, [(u + 0.5, v + 0.5) for u, v in pixels], labels, style=ctx.marks)
     options = {"A": "point A", "B": "point B"}
     names = [ctx.objects[int(k)].label for k in pair]
     steps = [f"Point {labels[i]} lies on the {names[i]} at a depth of {z[i]:.3f} m." for i in (0, 1)]
@@ -121,7 +121,7 @@ def depth_comparison_boxes(ctx: SceneContext, rng: np.random.Generator):
             numbers[i] = num + 1
         options, letter = {LETTERS[i]: f"box {i + 1}" for i in range(n)}, LETTERS[slot]
         question = f"{n} objects are marked with numbered boxes. Which marked object is {ask} the camera?"
-    image = draw_boxes(view.rgb, boxes, [str(m) for m in numbers])
+    image = draw_boxes(view.rgb, boxes, [str(m) for m in numbers], style=ctx.marks)
     steps = [f"Box {numbers[i]} holds the {ctx.objects[k].label}, whose center is {z[i]:.3f} m deep."
              for i, k in enumerate(ks)]
     steps.append("From closest to farthest: " + ", ".join(f"box {numbers[i]}" for i in order) + ".")
