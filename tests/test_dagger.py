@@ -139,6 +139,10 @@ def test_dagger_round_collects_trains_from_the_last_checkpoint_and_resumes(tiny_
 
     done = json.loads((out / "round_0" / "done.json").read_text())
     assert done["checkpoint"] == str(final) and "pick_extreme" in done["eval"]
+    # the nulls on the same seeds sit next to the policy in every round's record
+    round_eval = done["eval"]["pick_extreme"]
+    assert set(round_eval["baselines"]) == {"do_nothing", "random", "blind_expert"}
+    assert round_eval["baselines"]["do_nothing"]["rate"] == 0.0 and isinstance(round_eval["learned"], bool)
     round_cfg = json.loads((final / "train_config.json").read_text())
     assert round_cfg["init_from"] == str(ckpt) and round_cfg["dagger_data"] == done["frames"]
     assert f"initial weights from {ckpt}" in caplog.text and "DAgger frames: 8 from 1 files" in caplog.text

@@ -44,6 +44,8 @@ class DaggerConfig:
     label_every: int = 5  # a labelled frame every N steps of a rollout
     expert_mix: float = 0.0  # chance that the expert, not the policy, drives a chunk of the rollout (DAgger's beta)
     eval_episodes: int = 16  # held-out success per family after each round (0: none)
+    # the nulls a round must beat, on the same held-out seeds (in each round's done.json and rounds.json)
+    compare_baselines: list[str] = field(default_factory=lambda: ["do_nothing", "random", "blind_expert"])
     output_dir: str = "outputs/policy/dagger"
     # the training of each round: the recipe's fields; init_from / dagger_data / output_dir are set per round
     train: TrainPolicyConfig = field(default_factory=TrainPolicyConfig)
@@ -173,9 +175,12 @@ def run_dagger(cfg: DaggerConfig) -> Path:
             report = evaluate_policy(EvalPolicyConfig(policy_path=policy, tasks=list(cfg.families),
                                                       episodes_per_family=cfg.eval_episodes,
                                                       episode_length=cfg.episode_length,
-                                                      output_dir=str(rdir / "eval"), videos_per_family=1))
+                                                      output_dir=str(rdir / "eval"), videos_per_family=1,
+                                                      compare_baselines=list(cfg.compare_baselines)))
             done["eval"] = {f: {"success": r["success"], "closest_cm": r["closest_cm_mean"],
-                                "correct_object": r["correct_object"]["rate"]}
+                                "reached": r["reached"]["rate"], "correct_object": r["correct_object"]["rate"],
+                                "baselines": {n: b[f] for n, b in report.get("baselines", {}).items()},
+                                "learned": report.get("learned", {}).get(f)}
                             for f, r in report["per_family"].items()}
         write_text_atomic(rdir / "done.json", json.dumps(done, indent=2, default=str))
         history.append(done)
