@@ -5,10 +5,10 @@ sim's object colours (red, green, blue, yellow, purple, orange, white): markers 
 magenta with black outlines, labels are black on a white tag.
 
 `MarkStyle` is the knob for small models: VST's look (one marker colour, the label only in the tag)
-asks a model to read a few-pixel glyph to tell point A from point B, which a tiny ViT trained from
-scratch does not learn (issue 13: SFT stayed at the text-only score). `label_colors` gives each label
+asks a model to read a few-pixel glyph to tell point A from point B. `label_colors` gives each label
 its own marker / box colour as well (A and 1 cyan, B and 2 magenta, C and 3 black, D and 4 brown), and
 `scale` enlarges markers, tags and lines; the letter tags stay, so the question text is unchanged.
+(On their own they did not lift the tiny preset's SFT above text-only: README section 3.)
 """
 
 from __future__ import annotations
