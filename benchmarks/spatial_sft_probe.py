@@ -18,7 +18,8 @@ letters. The question text is the same for every row of a task, so nothing but t
 
 Data: `python benchmarks/spatial_tuning.py --mark-scale 2 --mark-colors` writes it (or `vst-vla
 spatial-data mark_scale=2 mark_colors=true ...`); a colour per label makes "which one is A" readable.
-Last stdout line: one JSON object {task, abspos, steps, curve: [[step, loss, accuracy]], final_accuracy}.
+Last stdout line: one JSON object {task, abspos, steps, curve: [[step, training loss (EMA), held-out
+accuracy]], final_accuracy}.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+from transformers import get_cosine_with_min_lr_schedule_with_warmup  # noqa: E402
 
 from vst_vla.backbone import BackboneConfig, build_backbone  # noqa: E402
 from vst_vla.tuning.common import load_rows  # noqa: E402
@@ -46,8 +48,9 @@ SKILL = "depth_comparison_points"
 def relabel(row: dict, task: str) -> dict:
     if task == "real":
         return row
-    pts = {p["label"]: p["pixel"] for p in json.loads(row["metadata"])["facts"]["points"]}
-    width = json.loads(row["metadata"])["cameras"][0]["width"]
+    meta = json.loads(row["metadata"])
+    pts = {p["label"]: p["pixel"] for p in meta["facts"]["points"]}
+    width = meta["cameras"][0]["width"]
     if task == "left":
         answer = "A" if pts["A"][0] < width / 2 else "B"
     elif task == "lower":
@@ -121,9 +124,8 @@ def main() -> None:
     if args.abspos:
         add_absolute_positions(model.model.visual)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    warmup = max(1, args.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    # the schedule the README's figures were measured with: 40 warm-up steps, cosine down to a tenth
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, min(40, args.steps // 10), args.steps, min_lr_rate=0.1)
     model.train()
     curve, smooth, start = [], None, time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -141,7 +143,7 @@ def main() -> None:
         if step % args.eval_every == 0 or step == args.steps:
             acc = accuracy(model, backbone, test, args.data)
             curve.append([step, round(smooth, 4), round(acc, 4)])
-            print(f"step {step}: loss {smooth:.3f} held-out accuracy {acc:.3f} ({time.perf_counter() - start:.0f} s)",
+            print(f"step {step}: training loss (EMA) {smooth:.3f} held-out accuracy {acc:.3f} ({time.perf_counter() - start:.0f} s)",
                   file=sys.stderr, flush=True)
     print(json.dumps({"task": args.task, "abspos": args.abspos, "steps": args.steps, "train_rows": len(train),
                       "test_rows": len(test), "curve": curve, "final_accuracy": curve[-1][2],

@@ -23,7 +23,7 @@ BOX = (255, 0, 200)  # RGB magenta
 OUTLINE = (0, 0, 0)
 TAG = (255, 255, 255)
 # per-label colours (label_colors): off the sim's object colours, told apart at a few pixels
-LABEL_COLORS = [(0, 230, 255), (255, 0, 200), (0, 0, 0), (120, 70, 20)]
+LABEL_COLORS = [MARKER, BOX, OUTLINE, (120, 70, 20)]
 LABEL_ORDER = {label: i for i, label in enumerate("ABCD")} | {str(i + 1): i for i in range(4)}
 
 
@@ -43,6 +43,11 @@ class MarkStyle:
 
 
 VST_STYLE = MarkStyle()
+
+
+def _outline(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The edge drawn under a mark: black, or white under a black mark."""
+    return TAG if colour == OUTLINE else OUTLINE
 
 
 def _scale(image: np.ndarray, style: MarkStyle = VST_STYLE) -> float:
@@ -68,7 +73,7 @@ def draw_points(image: np.ndarray, points, labels: list[str], style: MarkStyle =
     for (x, y), label in zip(points, labels, strict=True):
         c = (int(round(x)), int(round(y)))
         fill = style.color(label, MARKER)
-        cv2.circle(out, c, r + max(1, round(s)), TAG if fill == OUTLINE else OUTLINE, -1, cv2.LINE_AA)
+        cv2.circle(out, c, r + max(1, round(s)), _outline(fill), -1, cv2.LINE_AA)
         cv2.circle(out, c, r, fill, -1, cv2.LINE_AA)
         if label:
             _tag(out, label, (c[0] + r + 1, c[1] - r - 1), s)
@@ -83,7 +88,7 @@ def draw_boxes(image: np.ndarray, boxes, labels: list[str], style: MarkStyle = V
     for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
         p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
         line = style.color(label, BOX)
-        cv2.rectangle(out, p0, p1, TAG if line == OUTLINE else OUTLINE, th + 2)
+        cv2.rectangle(out, p0, p1, _outline(line), th + 2)
         cv2.rectangle(out, p0, p1, line, th)
         if label:
             _tag(out, label, (p0[0], p0[1] - th), s)

@@ -283,10 +283,9 @@ class SceneContext:
     VIEWS = ("front", "wrist", "wrist2")
     CLIPS = ("tour", "pick_place")
 
-    def __init__(self, scene_id: str, provider: SceneProvider, balance: Balancer, meta: dict,
-                 marks: MarkStyle = VST_STYLE):
+    def __init__(self, scene_id: str, provider: SceneProvider, balance: Balancer, meta: dict):
         self.scene_id, self.provider, self.balance, self.meta = scene_id, provider, balance, meta
-        self.marks = marks  # how visual prompts are drawn (set by the generation loop from the config)
+        self.marks: MarkStyle = VST_STYLE  # how visual prompts are drawn (the generation loop sets the config's)
         self._views: dict[str, View] = {}
         self._clips: dict[str, Clip | None] = {}
 
