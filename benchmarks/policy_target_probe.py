@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="outputs/bench/policy_target_probe")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--abspos", action="store_true", help="the preset with 2-D sin/cos patch positions in its ViT")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     start = {}
@@ -60,11 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--policy {args.policy}: image_size {size} is not square (the probe renders squares)")
         start = dict(cameras=cameras, image_size=int(size[0]), backbone_preset=config["backbone_preset"],
                      backbone_path=config.get("backbone_path"), seed=int(config.get("backbone_seed", 0)))
-    tag = f"{'_'.join(args.family)}_{args.train_scenes or 'all'}_{args.steps}"
+    tag = f"{'_'.join(args.family)}_{args.train_scenes or 'all'}_{args.steps}{'_abspos' if args.abspos else ''}"
     cfg = GroundingConfig(families=list(args.family), scenes_per_family=args.scenes, test_per_family=args.test,
                           train_per_family=args.train_scenes, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, eval_every=args.eval_every, output_dir=str(Path(args.out) / tag),
                           cache_dir=str(Path(args.out) / "scenes"), threads=args.threads,
+                          backbone_absolute_positions=args.abspos,
                           **({"seed": args.seed} | start))
     train_grounding(cfg)
     result = json.loads((Path(cfg.output_dir) / "result.json").read_text())

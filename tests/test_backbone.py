@@ -348,3 +348,32 @@ def test_action_tokens_use_spare_rows():
     ids = add_action_tokens(bb.model, bb.processor, 256)
     assert ids[0] == len(bb.tokenizer) - 256
     assert torch.equal(bb.model.get_input_embeddings().weight, before)
+
+
+# --- absolute patch positions (a from-scratch preset option) -------------------------------------------
+
+
+def test_patch_positions_follow_the_merge_block_order():
+    from lerobot_policy_vst_vla.backbone.positions import patch_positions
+
+    pos = patch_positions(torch.tensor([[1, 4, 6]]), merge=2)  # 4 rows × 6 columns of patches
+    assert pos.shape == (24, 2)
+    # the first 2×2 merge block, then the block to its right: rows and columns as fractions of the grid
+    expect = [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3)]
+    assert torch.allclose(pos[:8], torch.tensor([[r / 4, c / 6] for r, c in expect]))
+    assert torch.equal(patch_positions(torch.tensor([[2, 4, 6]]), 2), pos.repeat(2, 1))  # frames repeat
+
+
+def test_absolute_positions_change_the_vit_and_survive_save_load(tmp_path, data_root, rows):
+    with_pos = build_backbone(BackboneConfig(preset="tiny", absolute_positions=True))
+    without = build_backbone(BackboneConfig(preset="tiny"))
+    batch = encode_for_training(with_pos, rows, data_root)
+    with torch.no_grad():  # same weights (same seed), so only the positions can make them differ
+        assert not torch.allclose(with_pos.model(**batch).logits, without.model(**batch).logits)
+    from lerobot_policy_vst_vla.backbone import install_absolute_positions
+
+    install_absolute_positions(with_pos.model)  # idempotent: a second hook would add the positions twice
+    with_pos.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["vision_config"]["absolute_positions"] is True
+    loaded = build_backbone(BackboneConfig(pretrained_path=str(tmp_path / "ckpt")))
+    _same_logits(with_pos, loaded, data_root, rows)

@@ -37,6 +37,9 @@ class VSTVLAConfig(PreTrainedConfig):
     backbone_path: str | None = None  # local Qwen2.5-VL-*-Instruct or VST-*-SFT/RL checkpoint folder
     backbone_dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16"
     backbone_seed: int = 0  # initialises preset weights
+    # presets only: fixed 2-D sin/cos patch positions in the ViT (backbone/positions.py); a
+    # backbone_path checkpoint's config.json decides for itself
+    backbone_absolute_positions: bool = False
     attn_implementation: str = "sdpa"
     image_size: tuple[int, int] = (224, 224)  # (height, width) every camera is resized to; multiples of 28
 

@@ -43,7 +43,7 @@ from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForCondition
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_multimodal_rotary_pos_emb
 
 from .backbone import Backbone, BackboneConfig, add_lora, add_special_tokens, build_backbone
-from .backbone import resolve_device, resolve_dtype
+from .backbone import install_absolute_positions, resolve_device, resolve_dtype, uses_absolute_positions
 from .backbone.qwen_format import IGNORE_INDEX, IMAGE_TOKEN
 from .configuration_vst_vla import VSTVLAConfig
 
@@ -617,13 +617,15 @@ def load_backbone(config: VSTVLAConfig, backbone_dir: str | Path | None) -> Back
         return build_backbone(BackboneConfig(
             preset=config.backbone_preset, pretrained_path=config.backbone_path, device=config.device,
             dtype=config.backbone_dtype, attn_implementation=config.attn_implementation,
-            action_tokens=0, seed=config.backbone_seed))
+            action_tokens=0, seed=config.backbone_seed, absolute_positions=config.backbone_absolute_positions))
     device = resolve_device(config.device)
     qwen_config = Qwen2_5_VLConfig.from_pretrained(str(backbone_dir), local_files_only=True)
     model = Qwen2_5_VLForConditionalGeneration._from_config(
         qwen_config, dtype=resolve_dtype(config.backbone_dtype, device),
         attn_implementation=config.attn_implementation)
     processor = AutoProcessor.from_pretrained(str(backbone_dir), local_files_only=True)
+    if uses_absolute_positions(model):  # the hook is code, not weights: re-install it on the skeleton
+        install_absolute_positions(model)
     model = model.to(device).eval()
     return Backbone(model=model, processor=processor, action_token_ids=[])
 

@@ -50,6 +50,7 @@ class GroundingConfig:
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     image_size: int = 112  # the policy's (square) camera size
     backbone_preset: str = "tiny"
+    backbone_absolute_positions: bool = False  # presets only: 2-D sin/cos patch positions in the ViT
     backbone_path: str | None = None  # start from a checkpoint (e.g. a `vst-vla sft` final/) instead
     steps: int = 800
     batch_size: int = 16
@@ -152,7 +153,8 @@ def _policy(cfg: GroundingConfig):
     features["observation.state"] = PolicyFeature(FeatureType.STATE, (6,))
     config = VSTVLAConfig(input_features=features, output_features={"action": PolicyFeature(FeatureType.ACTION, (6,))},
                           action_head="flow", image_size=size, backbone_preset=cfg.backbone_preset,
-                          backbone_path=cfg.backbone_path, backbone_seed=cfg.seed, device="cpu", push_to_hub=False)
+                          backbone_path=cfg.backbone_path, backbone_seed=cfg.seed,
+                          backbone_absolute_positions=cfg.backbone_absolute_positions, device="cpu", push_to_hub=False)
     return VSTVLAPolicy(config)
 
 

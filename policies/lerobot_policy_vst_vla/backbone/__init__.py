@@ -19,6 +19,7 @@ from lerobot_policy_vst_vla.backbone.build import (
 )
 from lerobot_policy_vst_vla.backbone.config import PRESETS, BackboneConfig
 from lerobot_policy_vst_vla.backbone.lora import LORA_TARGETS, add_lora, merge_lora, save_lora_adapters
+from lerobot_policy_vst_vla.backbone.positions import install_absolute_positions, uses_absolute_positions
 from lerobot_policy_vst_vla.backbone.qwen_format import IGNORE_INDEX
 
 __all__ = [
@@ -34,8 +35,10 @@ __all__ = [
     "add_special_tokens",
     "build_backbone",
     "build_processor",
+    "install_absolute_positions",
     "merge_lora",
     "resolve_device",
     "resolve_dtype",
     "save_lora_adapters",
+    "uses_absolute_positions",
 ]

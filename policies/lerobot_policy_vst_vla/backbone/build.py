@@ -26,6 +26,7 @@ from transformers import (
 
 from lerobot_policy_vst_vla.backbone.actions import add_action_tokens
 from lerobot_policy_vst_vla.backbone.config import PRESET_MAX_PIXELS, PRESET_MIN_PIXELS, PRESETS, BackboneConfig, Preset
+from lerobot_policy_vst_vla.backbone.positions import install_absolute_positions, uses_absolute_positions
 from lerobot_policy_vst_vla.backbone.qwen_format import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
@@ -161,6 +162,8 @@ def _build_preset(cfg: BackboneConfig, device: torch.device, dtype: torch.dtype)
     config = preset_config(PRESETS[cfg.preset], tokenizer)
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.set_attn_implementation(cfg.attn_implementation)
+    if cfg.absolute_positions:
+        install_absolute_positions(model)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
@@ -209,6 +212,8 @@ def _load_pretrained(folder: Path, cfg: BackboneConfig, device: torch.device, dt
             proc.size = type(proc.size)(shortest_edge=cfg.min_pixels or proc.size["shortest_edge"],
                                         longest_edge=cfg.max_pixels or proc.size["longest_edge"])
     _check_vocab(folder, model, processor.tokenizer)
+    if uses_absolute_positions(model):  # a preset trained with them: the hook is not in the weights
+        install_absolute_positions(model)
     return model.eval(), processor
 
 

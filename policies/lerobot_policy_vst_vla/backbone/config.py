@@ -24,6 +24,9 @@ class BackboneConfig:
     seed: int = 0  # initialises preset weights
     min_pixels: Optional[int] = None  # None: the preset's, or the checkpoint's preprocessor_config.json
     max_pixels: Optional[int] = None
+    # presets only: add fixed 2-D sin/cos patch positions to the ViT (backbone/positions.py); a
+    # checkpoint's config.json decides for itself
+    absolute_positions: bool = False
 
 
 @dataclass(frozen=True)
